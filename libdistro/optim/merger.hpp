@@ -1,0 +1,37 @@
+// Merges peers' payloads of one step into the update every replica applies (DESIGN.md section 4,
+// steps 5-7). Integer arithmetic only, so the result does not depend on arrival order or device.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "optim/manifest.hpp"
+#include "wire/messages.hpp"
+
+namespace distro {
+
+class Merger {
+ public:
+  Merger(Manifest manifest, uint64_t run_id, uint64_t step);
+
+  // Decodes, checks (run, step, duplicate peer) and keeps one payload. A rejected payload changes
+  // nothing. Throws Error(corrupt / mismatch / state).
+  void add(std::span<const uint8_t> bytes);
+  // Adds an already decoded payload (in-process peers); checked the same way.
+  void add(PeerPayload payload);
+  size_t count() const { return payloads_.size(); }
+
+  // Merges everything added so far. decay_factor = 1 - lr * weight_decay in float32.
+  MergedUpdate finish(float lr, float weight_decay, uint64_t prev_hash);
+  bool finished() const { return finished_; }
+  const Manifest& manifest() const { return manifest_; }
+
+ private:
+  Manifest manifest_;
+  uint64_t run_id_, step_;
+  std::vector<PeerPayload> payloads_;
+  bool finished_ = false;
+};
+
+}  // namespace distro

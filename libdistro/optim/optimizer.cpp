@@ -1,0 +1,201 @@
+#include "optim/optimizer.hpp"
+
+#include <cmath>
+
+#include "backend/registry.hpp"
+#include "optim/hash_mix.hpp"
+
+namespace distro {
+
+void validate(const OptimizerOptions& o) {
+  if (o.chunk < 1 || o.chunk > kMaxChunk)
+    fail(Code::invalid_argument, "chunk is " + std::to_string(o.chunk) + "; expected 1.." + std::to_string(kMaxChunk));
+  if (o.topk < 1) fail(Code::invalid_argument, "topk is 0; expected at least 1");
+  if (o.topk > 65535) fail(Code::invalid_argument, "topk is " + std::to_string(o.topk) + "; expected at most 65535");
+  if (!(o.decay >= 0.0f && o.decay < 1.0f))
+    fail(Code::invalid_argument, "decay is " + std::to_string(o.decay) + "; expected a value in [0, 1)");
+  if (o.values != ValueMode::sign && o.values != ValueMode::int8)
+    fail(Code::invalid_argument, "value mode is " + std::to_string(int(o.values)) + "; expected 1 (sign) or 2 (int8)");
+  if (o.threads > 4096) fail(Code::invalid_argument, "threads is " + std::to_string(o.threads) + "; expected 0..4096");
+}
+
+Optimizer::Optimizer(const OptimizerOptions& options) : opt_(options) {
+  validate(opt_);
+  dev_ = open_device(opt_.device, opt_.threads);
+  if (!(dev_->info().flags & kDeviceOptimizer))
+    fail(Code::unsupported, "device '" + opt_.device + "' cannot run the DisTrO optimizer yet");
+}
+
+Optimizer::~Optimizer() = default;
+
+bool Optimizer::host_device() const { return dev_->info().kind == DeviceKind::cpu; }
+
+void Optimizer::add_tensor(const std::string& name, const std::vector<int64_t>& shape, float* params,
+                           const float* grad) {
+  if (frozen_)
+    fail(Code::state, "tensor '" + name + "' added after the first step; register every tensor before compressing or applying");
+  if (!params || !grad) fail(Code::invalid_argument, "tensor '" + name + "' needs both a parameter and a gradient buffer");
+  specs_.push_back({name, shape});
+  // Validate now so the caller learns which tensor is wrong at the call that added it.
+  try {
+    make_manifest(specs_, opt_.chunk, opt_.topk, opt_.values);
+  } catch (...) {
+    specs_.pop_back();
+    throw;
+  }
+  slots_.push_back(Slot{params, grad, {}, {}, {}});
+}
+
+void Optimizer::freeze() {
+  if (frozen_) return;
+  manifest_ = make_manifest(specs_, opt_.chunk, opt_.topk, opt_.values);
+  for (size_t t = 0; t < slots_.size(); ++t) {
+    size_t bytes = manifest_.tensors[t].numel * sizeof(float);
+    slots_[t].delta = dev_->alloc(bytes);
+    dev_->zero(slots_[t].delta.data(), bytes);
+  }
+  frozen_ = true;
+}
+
+const Manifest& Optimizer::manifest() const {
+  if (!frozen_) fail(Code::state, "the tensor list is not frozen yet");
+  return manifest_;
+}
+
+const float* Optimizer::grad_on_device(Slot& s, const TensorPlan& p) {
+  if (host_device()) return s.grad;
+  size_t bytes = p.numel * sizeof(float);
+  if (!s.grad_dev.data()) s.grad_dev = dev_->alloc(bytes);
+  dev_->upload(s.grad_dev.data(), s.grad, bytes);
+  return s.grad_dev.as<float>();
+}
+
+float* Optimizer::params_on_device(Slot& s, const TensorPlan& p, bool upload) {
+  if (host_device()) return s.params;
+  size_t bytes = p.numel * sizeof(float);
+  if (!s.params_dev.data()) s.params_dev = dev_->alloc(bytes);
+  if (upload) dev_->upload(s.params_dev.data(), s.params, bytes);
+  return s.params_dev.as<float>();
+}
+
+PeerPayload Optimizer::compress(uint64_t step, float lr) {
+  if (!std::isfinite(lr) || lr < 0.0f)
+    fail(Code::invalid_argument, "learning rate is " + std::to_string(lr) + "; expected a finite value >= 0");
+  freeze();
+  // Check every gradient first, so a bad one leaves all momentum untouched.
+  std::vector<const float*> grads(slots_.size());
+  for (size_t t = 0; t < slots_.size(); ++t) {
+    const TensorPlan& p = manifest_.tensors[t];
+    grads[t] = grad_on_device(slots_[t], p);
+    uint64_t bad = dev_->first_nonfinite_momentum(slots_[t].delta.as<float>(), grads[t], opt_.decay, lr, p.numel);
+    if (bad != UINT64_MAX) {
+      float g = 0.0f;
+      dev_->download(&g, grads[t] + bad, sizeof g);
+      fail(Code::numeric, "tensor '" + p.name + "' element " + std::to_string(bad) + ": " +
+                              (std::isfinite(g) ? "gradient " + std::to_string(g) + " times learning rate " +
+                                                      std::to_string(lr) + " overflows the momentum"
+                                                : std::string("gradient is ") + (std::isnan(g) ? "NaN" : "infinite")) +
+                              "; expected finite values (the step was not taken)");
+    }
+  }
+
+  PeerPayload out;
+  out.run_id = opt_.run_id;
+  out.step = step;
+  out.peer_id = opt_.peer_id;
+  out.manifest_hash = manifest_.hash;
+  out.values = opt_.values;
+  out.count.resize(manifest_.total_chunks);
+  std::vector<uint16_t> idx(manifest_.total_slots);
+  std::vector<int8_t> val(manifest_.total_slots);
+  for (size_t t = 0; t < slots_.size(); ++t) {
+    const TensorPlan& p = manifest_.tensors[t];
+    CompressArgs a;
+    a.plan = &p;
+    a.grad = grads[t];
+    a.delta = slots_[t].delta.as<float>();
+    a.beta = opt_.decay;
+    a.lr = lr;
+    a.values = opt_.values;
+    if (host_device()) {
+      a.count = out.count.data() + p.chunk_base;
+      a.index = idx.data() + p.slot_base;
+      a.value = val.data() + p.slot_base;
+      dev_->compress(a);
+    } else {
+      DeviceMemory c = dev_->alloc(p.chunks * 2), i = dev_->alloc(p.chunks * p.k * 2), v = dev_->alloc(p.chunks * p.k);
+      a.count = c.as<uint16_t>();
+      a.index = i.as<uint16_t>();
+      a.value = v.as<int8_t>();
+      dev_->compress(a);
+      dev_->download(out.count.data() + p.chunk_base, c.data(), c.bytes());
+      dev_->download(idx.data() + p.slot_base, i.data(), i.bytes());
+      dev_->download(val.data() + p.slot_base, v.data(), v.bytes());
+    }
+  }
+  // Compact the fixed k slots per chunk into the payload's variable-length lists.
+  for (const TensorPlan& p : manifest_.tensors)
+    for (uint64_t c = 0; c < p.chunks; ++c) {
+      uint64_t base = p.slot_base + c * p.k;
+      uint16_t n = out.count[p.chunk_base + c];
+      out.index.insert(out.index.end(), idx.begin() + base, idx.begin() + base + n);
+      out.value.insert(out.value.end(), val.begin() + base, val.begin() + base + n);
+    }
+  return out;
+}
+
+void Optimizer::apply(const MergedUpdate& u) {
+  freeze();
+  if (u.offset.size() != manifest_.total_chunks + 1)
+    fail(Code::internal, "merged update does not cover the manifest's chunks");
+  for (size_t t = 0; t < slots_.size(); ++t) {
+    const TensorPlan& p = manifest_.tensors[t];
+    // Offsets relative to this tensor's first entry, so a device gets self-contained arrays.
+    uint32_t first = u.offset[p.chunk_base];
+    std::vector<uint32_t> off(p.chunks + 1);
+    for (uint64_t c = 0; c <= p.chunks; ++c) off[c] = u.offset[p.chunk_base + c] - first;
+    ApplyArgs a;
+    a.plan = &p;
+    a.lr = u.lr;
+    a.decay_factor = u.decay_factor;
+    a.params = params_on_device(slots_[t], p, true);
+    if (host_device()) {
+      a.offset = off.data();
+      a.index = u.index.data() + first;
+      a.value = u.value.data() + first;
+      dev_->apply(a);
+    } else {
+      size_t n = off.back();
+      DeviceMemory o = dev_->alloc(off.size() * 4), i = dev_->alloc(n * 2 + 2), v = dev_->alloc(n * 4 + 4);
+      dev_->upload(o.data(), off.data(), o.bytes());
+      dev_->upload(i.data(), u.index.data() + first, n * 2);
+      dev_->upload(v.data(), u.value.data() + first, n * 4);
+      a.offset = o.as<uint32_t>();
+      a.index = i.as<uint16_t>();
+      a.value = v.as<int32_t>();
+      dev_->apply(a);
+      dev_->download(slots_[t].params, a.params, p.numel * sizeof(float));
+    }
+  }
+}
+
+uint64_t Optimizer::param_hash() {
+  freeze();
+  uint64_t h = 0;
+  for (size_t t = 0; t < slots_.size(); ++t) {
+    const TensorPlan& p = manifest_.tensors[t];
+    const float* data = host_device() ? slots_[t].params : params_on_device(slots_[t], p, true);
+    h = fold_hash(h, dev_->hash(data, p.numel, tensor_salt(t)));
+  }
+  return h;
+}
+
+std::vector<float> Optimizer::momentum(size_t t) {
+  freeze();
+  if (t >= slots_.size()) fail(Code::not_found, "no tensor number " + std::to_string(t));
+  std::vector<float> out(manifest_.tensors[t].numel);
+  dev_->download(out.data(), slots_[t].delta.data(), out.size() * sizeof(float));
+  return out;
+}
+
+}  // namespace distro
