@@ -1,0 +1,55 @@
+// distro: the command line of libdistro.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "args.hpp"
+#include "commands.hpp"
+#include "core/error.hpp"
+#include "distro/distro.h"
+
+namespace {
+
+const char* kUsage =
+    "usage: distro <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  devices [--json]          list the devices libdistro can use\n"
+    "  compress [options]        run the DisTrO optimizer over a model-sized synthetic gradient with\n"
+    "                            simulated peers and report what each peer would send and receive\n"
+    "  bench optimizer [options] time each stage of the optimizer; --json FILE writes the figures\n"
+    "  version                   print the version\n"
+    "\n"
+    "Run 'distro <command> --help' for the options of a command.\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    std::fputs(kUsage, args.empty() ? stderr : stdout);
+    return args.empty() ? 2 : 0;
+  }
+  std::string cmd = args[0];
+  std::vector<std::string> rest(args.begin() + 1, args.end());
+  try {
+    if (cmd == "version" || cmd == "--version") {
+      std::printf("distro %s (wire format %d)\n", DISTRO_VERSION_STRING, DISTRO_WIRE_VERSION);
+      return 0;
+    }
+    if (cmd == "devices") return distro::cli::cmd_devices(rest);
+    if (cmd == "compress") return distro::cli::cmd_compress(rest);
+    if (cmd == "bench") return distro::cli::cmd_bench(rest);
+    std::fprintf(stderr, "distro: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
+    return 2;
+  } catch (const distro::cli::UsageError& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 2;
+  } catch (const distro::Error& e) {
+    std::fprintf(stderr, "distro %s: %s\n", cmd.c_str(), e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "distro %s: %s\n", cmd.c_str(), e.what());
+    return 1;
+  }
+}
