@@ -1,0 +1,8 @@
+// libFuzzer target: merged update decoding (wire v1) against a fixed small manifest.
+#include "fuzz_common.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  return distro::fuzz::run_input(
+      data, size, [](const distro::Manifest& m, std::span<const uint8_t> b) { return distro::decode_update(m, b); },
+      [](const distro::Manifest& m, const distro::MergedUpdate& u) { return distro::encode_update(m, u); });
+}

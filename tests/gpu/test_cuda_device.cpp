@@ -1,0 +1,206 @@
+// The CUDA device on a real GPU: properties, memory, and the hash kernel against the host
+// definition.
+#include <catch2/catch.hpp>
+
+#if defined(DISTRO_HAVE_CUDA)
+
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/registry.hpp"
+#include "optim/hash_mix.hpp"
+
+using namespace distro;
+
+namespace {
+
+// The definition, sequentially on the host: sum of hash_term over the elements, modulo 2^64.
+uint64_t host_hash(const float* data, uint64_t n, uint64_t salt) {
+  uint64_t sum = 0;
+  for (uint64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, data + i, sizeof(bits));
+    sum += hash_term(bits, i, salt);
+  }
+  return sum;
+}
+
+std::vector<float> random_floats(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+// Arbitrary bit patterns: NaNs, infinities, subnormals and -0 included.
+std::vector<float> random_bits(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<float> v(n);
+  for (auto& x : v) {
+    const uint32_t b = rng();
+    std::memcpy(&x, &b, sizeof(b));
+  }
+  return v;
+}
+
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+}  // namespace
+
+TEST_CASE("cuda: devices are listed with sane properties", "[cuda]") {
+  auto devices = scan_cuda_devices();
+  REQUIRE(!devices.empty());
+  for (size_t d = 0; d < devices.size(); ++d) {
+    const DeviceInfo& info = devices[d]->info();
+    INFO(info.name << ": " << info.description);
+    CHECK(info.name.rfind("cuda:", 0) == 0);
+    CHECK(info.kind == DeviceKind::cuda);
+    CHECK(contains(info.description, "(compute "));
+    CHECK(contains(info.description, " SMs)"));
+    CHECK(info.memory_total > (uint64_t(256) << 20));
+    CHECK(info.memory_free > 0);
+    CHECK(info.memory_free <= info.memory_total);
+    CHECK(info.compute_units > 0);
+    CHECK(info.subgroup_size == 32);
+    CHECK((info.flags & kDeviceInt64) != 0);
+    CHECK((info.flags & kDeviceFp16) != 0);       // every GPU this build runs on (sm_75+) has fp16
+    CHECK((info.flags & kDeviceOptimizer) == 0);  // compress/apply not on CUDA yet
+    // Names are unique.
+    for (size_t e = 0; e < d; ++e) CHECK(devices[e]->info().name != info.name);
+  }
+}
+
+TEST_CASE("cuda: upload, zero and download round trip", "[cuda]") {
+  auto devices = scan_cuda_devices();
+  REQUIRE(!devices.empty());
+  Device& dev = *devices[0];
+  for (size_t bytes : {size_t(1), size_t(7), size_t(4096), size_t(3) << 20}) {
+    INFO("bytes = " << bytes);
+    std::vector<uint8_t> src(bytes), back(bytes, 0xAB);
+    std::mt19937 rng{static_cast<uint32_t>(bytes)};
+    for (auto& b : src) b = uint8_t(rng());
+    DeviceMemory mem = dev.alloc(bytes);
+    REQUIRE(mem.data() != nullptr);
+    CHECK(mem.bytes() == bytes);
+    dev.upload(mem.data(), src.data(), bytes);
+    dev.download(back.data(), mem.data(), bytes);
+    CHECK(back == src);
+    dev.zero(mem.data(), bytes);
+    dev.synchronize();
+    dev.download(back.data(), mem.data(), bytes);
+    CHECK(back == std::vector<uint8_t>(bytes, 0));
+  }
+  // Zero bytes is a no-op, also with null pointers.
+  dev.upload(nullptr, nullptr, 0);
+  dev.download(nullptr, nullptr, 0);
+  dev.zero(nullptr, 0);
+  // A moved DeviceMemory frees once.
+  DeviceMemory a = dev.alloc(1024);
+  DeviceMemory b = std::move(a);
+  CHECK(a.data() == nullptr);
+  CHECK(b.data() != nullptr);
+}
+
+TEST_CASE("cuda: an impossible allocation is Error(out_of_memory), and the device still works",
+          "[cuda]") {
+  auto devices = scan_cuda_devices();
+  REQUIRE(!devices.empty());
+  Device& dev = *devices[0];
+  for (size_t bytes : {size_t(1) << 60, std::numeric_limits<size_t>::max() / 2,
+                       size_t(dev.info().memory_total) * 2}) {
+    INFO("bytes = " << bytes);
+    try {
+      (void)dev.alloc(bytes);
+      FAIL("alloc of " << bytes << " bytes succeeded");
+    } catch (const Error& e) {
+      CHECK(e.code() == Code::out_of_memory);
+      CHECK(contains(e.what(), "cudaMalloc"));
+      CHECK(contains(e.what(), dev.info().name));
+    }
+  }
+  // The failed allocation left no error behind.
+  DeviceMemory mem = dev.alloc(4096);
+  std::vector<float> v = random_floats(1024, 5), back(1024);
+  dev.upload(mem.data(), v.data(), 4096);
+  dev.download(back.data(), mem.data(), 4096);
+  CHECK(back == v);
+}
+
+TEST_CASE("cuda: hash equals the host definition", "[cuda][hash]") {
+  auto devices = scan_cuda_devices();
+  REQUIRE(!devices.empty());
+  for (auto& d : devices) {
+    Device& dev = *d;
+    INFO(dev.info().name);
+    for (uint64_t n : {uint64_t(1), uint64_t(2), uint64_t(3), uint64_t(5), uint64_t(1000),
+                       uint64_t(4097), uint64_t(10'000'003)}) {
+      for (int kind = 0; kind < 2; ++kind) {
+        INFO("n = " << n << (kind ? ", random bit patterns" : ", normal floats"));
+        // Four spare elements so that every start offset 0..3 (16-byte misalignment) has n
+        // elements.
+        std::vector<float> host =
+            kind ? random_bits(n + 4, uint32_t(n) + 1) : random_floats(n + 4, uint32_t(n));
+        DeviceMemory mem = dev.alloc((n + 4) * sizeof(float));
+        dev.upload(mem.data(), host.data(), (n + 4) * sizeof(float));
+        for (uint64_t salt : {uint64_t(0), tensor_salt(7), ~uint64_t(0)}) {
+          for (uint64_t offset = 0; offset < 4; ++offset) {
+            INFO("salt = " << salt << ", offset = " << offset);
+            const uint64_t want = host_hash(host.data() + offset, n, salt);
+            CHECK(dev.hash(mem.as<float>() + offset, n, salt) == want);
+            if (n > 100'000) break;  // the large size once per salt: the host side is the slow part
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda: hash is stable, sees every element, and rejects bad pointers", "[cuda][hash]") {
+  auto devices = scan_cuda_devices();
+  REQUIRE(!devices.empty());
+  Device& dev = *devices[0];
+  const uint64_t n = 1 << 20;
+  std::vector<float> host = random_floats(n, 42);
+  DeviceMemory mem = dev.alloc(n * sizeof(float));
+  dev.upload(mem.data(), host.data(), n * sizeof(float));
+  const uint64_t h = dev.hash(mem.as<float>(), n, 3);
+  CHECK(dev.hash(mem.as<float>(), n, 3) == h);  // same answer every time
+  CHECK(dev.hash(mem.as<float>(), 0, 3) == 0);  // empty sum
+  CHECK(dev.hash(mem.as<float>(), n, 4) != h);  // salt matters
+
+  // Flipping one bit anywhere (first, middle, last element) changes the hash.
+  for (uint64_t i : {uint64_t(0), n / 2 + 1, n - 1}) {
+    std::vector<float> changed = host;
+    uint32_t bits;
+    std::memcpy(&bits, &changed[i], 4);
+    bits ^= 1u;
+    std::memcpy(&changed[i], &bits, 4);
+    dev.upload(mem.data(), changed.data(), n * sizeof(float));
+    CHECK(dev.hash(mem.as<float>(), n, 3) != h);
+  }
+
+  // A host pointer is refused before any kernel sees it, and the device keeps working.
+  try {
+    (void)dev.hash(host.data(), n, 3);
+    FAIL("hash of a host pointer succeeded");
+  } catch (const Error& e) {
+    CHECK(e.code() == Code::invalid_argument);
+  }
+  try {
+    (void)dev.hash(nullptr, 4, 3);
+    FAIL("hash of a null pointer succeeded");
+  } catch (const Error& e) {
+    CHECK(e.code() == Code::invalid_argument);
+  }
+  dev.upload(mem.data(), host.data(), n * sizeof(float));
+  CHECK(dev.hash(mem.as<float>(), n, 3) == h);
+}
+
+#endif  // DISTRO_HAVE_CUDA
