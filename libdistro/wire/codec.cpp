@@ -89,6 +89,16 @@ unsigned signed_width(int32_t v) {
 }
 unsigned max_width(ValueMode v) { return signed_width(max_merged_value(v)); }
 
+// Merged values cluster at +-vmax (every peer that sent a coefficient agreed on its sign), so a
+// tensor may code each value as a sign bit and the exp-Golomb code of vmax - |A| instead of a fixed
+// width. The width field's escape value kAgreementCode selects it, when it is strictly smaller.
+constexpr unsigned kAgreementCode = 31;
+bool agreement_cheaper(const int32_t* v, uint64_t n, unsigned width, int32_t vmax) {
+  uint64_t agree = 0;
+  for (uint64_t i = 0; i < n; ++i) agree += 1 + wire::exp_golomb_bits(uint64_t(vmax - (v[i] < 0 ? -v[i] : v[i])));
+  return agree < n * width;
+}
+
 // ---- header ----------------------------------------------------------------------------------------
 
 struct Parsed {
@@ -480,13 +490,23 @@ std::vector<uint8_t> encode_update(const Manifest& m, const MergedUpdate& u) {
         width = std::max(width, signed_width(v));
       }
     }
-    w.put(width, kWidthFieldBits);
+    const uint64_t n_values = off[t.chunks] - off[0];
+    const bool agree = agreement_cheaper(u.value.data() + off[0], n_values, width, vmax);
+    w.put(agree ? kAgreementCode : width, kWidthFieldBits);
     const uint32_t mask = width == 32 ? ~0u : (1u << width) - 1;
     for (uint64_t c = 0; c < t.chunks; ++c) {
       uint32_t n = off[c + 1] - off[c];
       wire::put_exp_golomb(w, n);
       wire::put_interpolative(w, u.index.data() + off[c], n, elems);
-      for (uint32_t i = off[c]; i < off[c + 1]; ++i) w.put(uint32_t(u.value[i]) & mask, width);
+      for (uint32_t i = off[c]; i < off[c + 1]; ++i) {
+        if (agree) {
+          int32_t v = u.value[i];
+          w.put(v < 0 ? 1u : 0u, 1);
+          wire::put_exp_golomb(w, uint64_t(vmax - (v < 0 ? -v : v)));
+        } else {
+          w.put(uint32_t(u.value[i]) & mask, width);
+        }
+      }
     }
   }
   w.finish();
@@ -526,7 +546,9 @@ MergedUpdate decode_update(const Manifest& m, std::span<const uint8_t> bytes) {
       where.tensor_no = ti;
       where.chunk = -1;
       unsigned width = r.get(kWidthFieldBits);
-      if (width > wmax)
+      const bool agree = width == kAgreementCode;
+      if (agree) width = 0;
+      else if (width > wmax)
         where.corrupt("value width " + std::to_string(width) + " bits exceeds the " + std::to_string(wmax) +
                       " bits that merged " + mode_name(h.values) + " values need");
       const uint32_t elems = t.elems();
@@ -538,9 +560,10 @@ MergedUpdate decode_update(const Manifest& m, std::span<const uint8_t> bytes) {
         if (n > elems)
           where.corrupt("union of " + std::to_string(n) + " coefficients; the chunk has only " +
                         std::to_string(elems));
-        if (n > 0 && width == 0) where.corrupt("coefficients present but the tensor's value width is 0");
-        if (n * width > r.remaining())
-          where.corrupt("truncated: " + std::to_string(n) + " values of " + std::to_string(width) +
+        if (n > 0 && width == 0 && !agree) where.corrupt("coefficients present but the tensor's value width is 0");
+        const uint64_t least = agree ? 2 : width;  // bits per value at the least
+        if (n * least > r.remaining())
+          where.corrupt("truncated: " + std::to_string(n) + " values of at least " + std::to_string(least) +
                         " bits need more than the " + std::to_string(r.remaining()) + " bits left");
         size_t at = u.index.size();
         u.index.resize(at + n);
@@ -548,8 +571,18 @@ MergedUpdate decode_update(const Manifest& m, std::span<const uint8_t> bytes) {
         wire::get_interpolative(r, u.index.data() + at, uint32_t(n), elems);
         int32_t* val = u.value.data() + at;
         for (uint32_t i = 0; i < n; ++i) {
-          uint32_t raw = r.get(width);
-          int32_t v = int32_t(raw) - int32_t(raw & sign_bit) * 2;  // two's complement of `width` bits
+          int32_t v;
+          if (agree) {
+            bool negative = r.get(1) != 0;
+            uint64_t gap = wire::get_exp_golomb(r);
+            if (gap >= uint64_t(vmax))
+              where.corrupt("merged value distance " + std::to_string(gap) + " from full agreement for coefficient " +
+                            std::to_string(u.index[at + i]) + " is outside 0.." + std::to_string(vmax - 1));
+            v = (vmax - int32_t(gap)) * (negative ? -1 : 1);
+          } else {
+            uint32_t raw = r.get(width);
+            v = int32_t(raw) - int32_t(raw & sign_bit) * 2;  // two's complement of `width` bits
+          }
           if (v == 0 || v > vmax || v < -vmax)
             where.corrupt("merged value " + std::to_string(v) + " for coefficient " +
                           std::to_string(u.index[at + i]) + " is outside the non-zero range -" +
@@ -561,9 +594,17 @@ MergedUpdate decode_update(const Manifest& m, std::span<const uint8_t> bytes) {
         u.offset.push_back(uint32_t(u.index.size()));
       }
       where.chunk = -1;
-      if (widest != width)
+      // One encoding per message: the width must be the smallest that fits, and the agreement
+      // coding is used exactly when it is strictly cheaper.
+      const uint32_t first = u.offset[t.chunk_base];
+      const bool cheaper = agreement_cheaper(u.value.data() + first, u.value.size() - first, widest, vmax);
+      if (agree && !cheaper)
+        where.corrupt("values use the agreement coding where the fixed width of " + std::to_string(widest) +
+                      " bits is no larger");
+      if (!agree && widest != width)
         where.corrupt("value width " + std::to_string(width) + " is not the smallest that fits the tensor's values (" +
                       std::to_string(widest) + " bits do)");
+      if (!agree && cheaper) where.corrupt("values use a fixed width where the agreement coding is smaller");
     }
     where.tensor = nullptr;
     check_end(r, where);

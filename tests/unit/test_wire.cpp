@@ -589,13 +589,37 @@ TEST_CASE("merged update body fields out of range are rejected", "[wire]") {
     require_error([&] { decode_update(m, craft(h, b)); }, Code::corrupt,
                   "tensor 'w' (#0), preamble: value width 4 is not the smallest that fits the tensor's values (2 bits do)");
   }
+  SECTION("agreement coding: +-256 as a sign bit and the distance from 256") {
+    // Values -256, 256, 255: sign bit + EG(0) = 2 bits, 2 bits, and 1 + EG(1) = 4 bits (8 < 30).
+    auto b = Body().bits(31, 5).eg(3).bic({1, 2, 40}, 64).bits(1, 1).eg(0).bits(0, 1).eg(0).bits(0, 1).eg(1).done();
+    MergedUpdate u = decode_update(m, craft(h, b));
+    REQUIRE(u.value == std::vector<int32_t>{-256, 256, 255});
+    // The encoder picks it for such values, and the result is much smaller than 10-bit fields.
+    auto bytes = encode_update(m, u);
+    CHECK(bytes == craft(h, b));
+  }
+  SECTION("agreement coding where the fixed width is no larger") {
+    auto b = Body().bits(31, 5).eg(1).bic({4}, 64).bits(0, 1).eg(255).done();  // value 1: 16 bits vs 2
+    require_error([&] { decode_update(m, craft(h, b)); }, Code::corrupt,
+                  "values use the agreement coding where the fixed width of 2 bits is no larger");
+  }
+  SECTION("fixed width where the agreement coding is smaller") {
+    auto b = Body().bits(10, 5).eg(1).bic({4}, 64).bits(256, 10).done();  // 10 bits vs 2
+    require_error([&] { decode_update(m, craft(h, b)); }, Code::corrupt,
+                  "values use a fixed width where the agreement coding is smaller");
+  }
+  SECTION("agreement distance that would make the value zero or negative") {
+    auto b = Body().bits(31, 5).eg(1).bic({4}, 64).bits(0, 1).eg(256).done();
+    require_error([&] { decode_update(m, craft(h, b)); }, Code::corrupt,
+                  "merged value distance 256 from full agreement for coefficient 4 is outside 0..255");
+  }
   SECTION("values present with width 0") {
     auto b = Body().bits(0, 5).eg(1).bic({4}, 64).done();
     require_error([&] { decode_update(m, craft(h, b)); }, Code::corrupt, "value width is 0");
   }
   SECTION("fewer bits than the values need") {
     auto b = Body().bits(8, 5).eg(64).bits(0x11, 8).done();
-    require_error([&] { decode_update(m, craft(h, b)); }, Code::corrupt, "chunk 0: truncated: 64 values of 8 bits");
+    require_error([&] { decode_update(m, craft(h, b)); }, Code::corrupt, "chunk 0: truncated: 64 values of at least 8 bits");
   }
   SECTION("lr or decay factor not usable") {
     HeaderFields v = h;
