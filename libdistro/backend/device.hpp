@@ -96,6 +96,19 @@ struct AdamWArgs {
   uint64_t t = 1;  // step number, from 1, for bias correction
 };
 
+// Model ops (docs/model.md). float32, row-major, every pointer is device memory of the device that
+// runs the op; sizes are element counts. A Linear weight is stored [out, in] as in PyTorch, so
+// y = x W^T is matmul(y, x, W, rows, out, in, false, true, 1, 0), dx = dy W is
+// matmul(dx, dy, W, rows, in, out, false, false, 1, 0) and dW += dy^T x is
+// matmul(dW, dy, x, out, in, rows, true, false, 1, 1). Ops documented as accumulating add into their
+// output; the others overwrite it. Results never depend on how many threads (or blocks) run an op:
+// every output element is computed by one worker, and reductions run in a fixed order.
+
+// Activations of attention heads: [batch, seq, heads, head_dim] row-major (= [batch*seq, d_model]).
+struct HeadShape {
+  int64_t batch = 0, seq = 0, heads = 0, head_dim = 0;
+};
+
 class Device {
  public:
   virtual ~Device() = default;
@@ -124,6 +137,102 @@ class Device {
   virtual uint64_t hash(const float* data, uint64_t n, uint64_t salt) {
     (void)data, (void)n, (void)salt;
     unsupported("hash");
+  }
+
+  // ---- Model ops; defaults report the op as unsupported on this device. ----
+  // C[M,N] = alpha * op(A) op(B) + beta * C with op(A) [M,K] and op(B) [K,N]; A is stored [K,M] when
+  // transA, B is stored [N,K] when transB. beta == 0 never reads C (it may hold garbage).
+  virtual void matmul(float* C, const float* A, const float* B, int64_t M, int64_t N, int64_t K,
+                      bool transA, bool transB, float alpha, float beta) {
+    (void)C, (void)A, (void)B, (void)M, (void)N, (void)K, (void)transA, (void)transB, (void)alpha,
+        (void)beta;
+    unsupported("matmul");
+  }
+  // out[i, :] = table[ids[i], :] for i < n; ids (int32, device memory) must lie in [0, vocab).
+  virtual void embedding_forward(float* out, const float* table, const int32_t* ids, int64_t n,
+                                 int64_t vocab, int64_t dim) {
+    (void)out, (void)table, (void)ids, (void)n, (void)vocab, (void)dim;
+    unsupported("embedding_forward");
+  }
+  // Accumulates dtable[ids[i], :] += dout[i, :], summing each row's contributions in order of i.
+  virtual void embedding_backward(float* dtable, const float* dout, const int32_t* ids, int64_t n,
+                                  int64_t vocab, int64_t dim) {
+    (void)dtable, (void)dout, (void)ids, (void)n, (void)vocab, (void)dim;
+    unsupported("embedding_backward");
+  }
+  // y = x * rstd * w per row of x [rows, dim], rstd = 1 / sqrt(mean(x^2) + eps) saved per row.
+  virtual void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int64_t rows,
+                               int64_t dim, float eps) {
+    (void)y, (void)rstd, (void)x, (void)w, (void)rows, (void)dim, (void)eps;
+    unsupported("rmsnorm_forward");
+  }
+  // Accumulates dx += dL/dx (so a residual stream's gradient can be updated in place) and
+  // dw += dL/dw (summed over rows in row order), from dy and the forward's x, w and rstd.
+  virtual void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,
+                                const float* rstd, int64_t rows, int64_t dim) {
+    (void)dx, (void)dw, (void)dy, (void)x, (void)w, (void)rstd, (void)rows, (void)dim;
+    unsupported("rmsnorm_backward");
+  }
+  // Rotary embedding in place on x [batch, seq, heads, head_dim]: the pair (2i, 2i+1) of the head
+  // vector at position t is rotated by the angle whose cos and sin are cos[t, i] and sin[t, i]
+  // (tables [>= seq, head_dim / 2]; interleaved convention of the original Llama). The backward is
+  // the inverse rotation, also in place on the gradient.
+  virtual void rope_forward(float* x, const float* cos, const float* sin, const HeadShape& s) {
+    (void)x, (void)cos, (void)sin, (void)s;
+    unsupported("rope_forward");
+  }
+  virtual void rope_backward(float* dx, const float* cos, const float* sin, const HeadShape& s) {
+    (void)dx, (void)cos, (void)sin, (void)s;
+    unsupported("rope_backward");
+  }
+  // Causal attention per batch and head: out_t = sum_{j <= t} softmax_j(q_t . k_j / sqrt(head_dim)) v_j.
+  // q, k, v, out are [batch, seq, heads, head_dim]; lse [batch, heads, seq] saves each row's
+  // log-sum-exp of the scaled scores, from which the backward recomputes the probabilities.
+  virtual void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+                                 const HeadShape& s) {
+    (void)out, (void)lse, (void)q, (void)k, (void)v, (void)s;
+    unsupported("attention_forward");
+  }
+  // Writes dq, dk, dv (same layout as q) from dout and the forward's q, k, v, out and lse.
+  virtual void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
+                                  const float* k, const float* v, const float* out, const float* lse,
+                                  const HeadShape& s) {
+    (void)dq, (void)dk, (void)dv, (void)dout, (void)q, (void)k, (void)v, (void)out, (void)lse, (void)s;
+    unsupported("attention_backward");
+  }
+  // h = silu(g) * u elementwise, silu(g) = g / (1 + exp(-g)).
+  virtual void swiglu_forward(float* h, const float* g, const float* u, int64_t n) {
+    (void)h, (void)g, (void)u, (void)n;
+    unsupported("swiglu_forward");
+  }
+  // Writes dg and du from dh and the forward's g and u.
+  virtual void swiglu_backward(float* dg, float* du, const float* dh, const float* g, const float* u,
+                               int64_t n) {
+    (void)dg, (void)du, (void)dh, (void)g, (void)u, (void)n;
+    unsupported("swiglu_backward");
+  }
+  // Per row of logits [rows, vocab]: loss[r] = logsumexp(logits[r]) - logits[r, targets[r]]; and,
+  // when dlogits is not null, dlogits[r] = (softmax(logits[r]) - onehot(targets[r])) * scale.
+  // dlogits may be logits itself (overwritten in place). targets (int32, device) in [0, vocab).
+  virtual void cross_entropy(float* loss, float* dlogits, const float* logits, const int32_t* targets,
+                             int64_t rows, int64_t vocab, float scale) {
+    (void)loss, (void)dlogits, (void)logits, (void)targets, (void)rows, (void)vocab, (void)scale;
+    unsupported("cross_entropy");
+  }
+  // out = a + b; out may be a or b.
+  virtual void add(float* out, const float* a, const float* b, int64_t n) {
+    (void)out, (void)a, (void)b, (void)n;
+    unsupported("add");
+  }
+  // y += alpha * x.
+  virtual void axpy(float* y, const float* x, float alpha, int64_t n) {
+    (void)y, (void)x, (void)alpha, (void)n;
+    unsupported("axpy");
+  }
+  // x *= alpha.
+  virtual void scale(float* x, float alpha, int64_t n) {
+    (void)x, (void)alpha, (void)n;
+    unsupported("scale");
   }
 
  protected:
