@@ -9,5 +9,6 @@ namespace distro::cli {
 int cmd_devices(const std::vector<std::string>& args);
 int cmd_compress(const std::vector<std::string>& args);
 int cmd_bench(const std::vector<std::string>& args);
+int cmd_train(const std::vector<std::string>& args);
 
 }  // namespace distro::cli

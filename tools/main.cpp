@@ -15,6 +15,7 @@ const char* kUsage =
     "\n"
     "commands:\n"
     "  devices [--json]          list the devices libdistro can use\n"
+    "  train [options]           train the built-in model with N local peers (DisTrO or AdamW)\n"
     "  compress [options]        run the DisTrO optimizer over a model-sized synthetic gradient with\n"
     "                            simulated peers and report what each peer would send and receive\n"
     "  bench optimizer [options] time each stage of the optimizer; --json FILE writes the figures\n"
@@ -40,6 +41,7 @@ int main(int argc, char** argv) {
     if (cmd == "devices") return distro::cli::cmd_devices(rest);
     if (cmd == "compress") return distro::cli::cmd_compress(rest);
     if (cmd == "bench") return distro::cli::cmd_bench(rest);
+    if (cmd == "train") return distro::cli::cmd_train(rest);
     std::fprintf(stderr, "distro: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
     return 2;
   } catch (const distro::cli::UsageError& e) {

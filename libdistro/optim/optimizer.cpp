@@ -199,3 +199,16 @@ std::vector<float> Optimizer::momentum(size_t t) {
 }
 
 }  // namespace distro
+
+namespace distro {
+
+void Optimizer::set_momentum(size_t t, const std::vector<float>& data) {
+  freeze();
+  if (t >= slots_.size()) fail(Code::not_found, "no tensor number " + std::to_string(t));
+  if (data.size() != manifest_.tensors[t].numel)
+    fail(Code::size, "momentum of tensor '" + manifest_.tensors[t].name + "' needs " +
+                         std::to_string(manifest_.tensors[t].numel) + " values, got " + std::to_string(data.size()));
+  dev_->upload(slots_[t].delta.data(), data.data(), data.size() * sizeof(float));
+}
+
+}  // namespace distro

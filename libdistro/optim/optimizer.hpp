@@ -51,6 +51,8 @@ class Optimizer {
 
   // Momentum of tensor t, copied to the host (tests and checkpoints).
   std::vector<float> momentum(size_t t);
+  // Replaces tensor t's momentum (resuming from a checkpoint); data holds numel values.
+  void set_momentum(size_t t, const std::vector<float>& data);
 
  private:
   struct Slot {
