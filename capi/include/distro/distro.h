@@ -306,6 +306,114 @@ typedef struct distro_message_info {
  * (a wire version this library does not read). */
 DISTRO_API int distro_message_inspect(distro_message_info *out, const uint8_t *bytes, size_t size);
 
+
+/* ---------------------------------------------------------------------------------------------
+ * Local training of the built-in model
+ *
+ * A trainer runs N peers in this process, each with its own device, replica of the built-in
+ * Llama-style model and optimizer state, on their own batches of one dataset. With the DisTrO
+ * optimizer they exchange only compressed payloads and apply one merged update; with AdamW they
+ * average their gradients exactly (the all-reduce baseline). After every step the trainer checks
+ * that all replicas are bit-identical and fails with DISTRO_ERR_INTERNAL if they are not.
+ * ------------------------------------------------------------------------------------------- */
+
+typedef enum distro_optimizer_kind {
+  DISTRO_OPTIMIZER_DISTRO = 1,
+  DISTRO_OPTIMIZER_ADAMW = 2
+} distro_optimizer_kind;
+
+typedef struct distro_trainer_options {
+  size_t struct_size;   /* sizeof(distro_trainer_options) */
+  const char *preset;   /* "nano" (~1M params), "micro" (~5M), "small", "1b"; NULL = "nano" */
+  int vocab;            /* 0 = the dataset's vocabulary (256 for text) */
+  const char *data;     /* a UTF-8 text file (byte tokens) or an llm.c-style token shard; required */
+  const char *devices;  /* comma-separated, one per peer: "cpu,cpu,cuda:0"; NULL = `peers` CPU peers */
+  uint32_t peers;       /* peers when devices is NULL (default 4) */
+  int optimizer;        /* distro_optimizer_kind (default DISTRO) */
+  uint64_t steps;       /* total steps: the length of the learning-rate schedule (default 200) */
+  uint32_t batch;       /* sequences per peer per step (default 8) */
+  uint32_t micro_batch; /* sequences per forward/backward, a divisor of batch; 0 = batch */
+  uint32_t seq;         /* sequence length (default 128) */
+  float lr;             /* peak learning rate; 0 = the optimizer's default (3e-4 DisTrO, 1e-3 AdamW) */
+  uint64_t warmup;      /* linear warmup steps; 0 = min(100, steps / 10); cosine decay after */
+  float min_lr_ratio;   /* the schedule ends at this fraction of the peak (default 0.1) */
+  float weight_decay;   /* decoupled weight decay (default 0) */
+  float clip;           /* gradient-norm clip, 0 = off (default 1) */
+  uint32_t chunk;       /* DisTrO chunk edge (default 64) */
+  uint32_t topk;        /* DisTrO coefficients per chunk (default 4) */
+  float decay;          /* DisTrO momentum decay (default 0.999) */
+  int value_mode;       /* distro_value_mode (default sign) */
+  uint64_t seed;        /* initialisation and batches (default 1) */
+  uint32_t threads;     /* CPU threads per peer, 0 = one per core */
+  uint64_t eval_batches; /* validation batches per distro_trainer_evaluate (default 8) */
+} distro_trainer_options;
+
+#define DISTRO_TRAINER_OPTIONS_INIT                                                               \
+  {sizeof(distro_trainer_options), NULL, 0, NULL, NULL, 4, DISTRO_OPTIMIZER_DISTRO, 200, 8, 0, 128, \
+   0.0f, 0, 0.1f, 0.0f, 1.0f, 64, 4, 0.999f, DISTRO_VALUES_SIGN, 1, 0, 8}
+
+typedef struct distro_trainer distro_trainer;
+
+/* Loads the data, builds every peer's model (the same seeded initialisation) and optimizer.
+ * Errors: INVALID_ARGUMENT (a field out of range: the message names it), SIZE (struct_size),
+ * NOT_FOUND (data file, preset or device), CORRUPT (a malformed token shard), UNSUPPORTED,
+ * OUT_OF_MEMORY. The caller owns *out. */
+DISTRO_API int distro_trainer_create(distro_trainer **out, const distro_trainer_options *options);
+
+/* Continues a run saved with distro_trainer_save (dir holds checkpoint.bin) with the settings it was
+ * saved with: the resumed run is bit for bit the run that never stopped.
+ * Errors: INVALID_ARGUMENT, NOT_FOUND, CORRUPT (truncated or damaged file: the message says which),
+ * MISMATCH (a checkpoint version this library does not read). */
+DISTRO_API int distro_trainer_resume(distro_trainer **out, const char *dir);
+DISTRO_API int distro_trainer_destroy(distro_trainer *trainer);
+
+typedef struct distro_step_stats {
+  size_t struct_size;        /* sizeof(distro_step_stats) */
+  uint64_t step;             /* the step just taken, from 1 */
+  float lr;
+  double train_loss;         /* mean over peers of their batch loss */
+  double grad_norm;          /* peer 0's gradient norm before clipping */
+  uint64_t tokens;           /* trained in this step by all peers */
+  uint64_t bytes_up_per_peer;   /* DisTrO: the payload; AdamW: half of a bf16 ring all-reduce */
+  uint64_t bytes_down_per_peer; /* DisTrO: the merged update; AdamW: the other half, so that up plus
+                                   down equals distro_trainer_info.allreduce_bytes_per_peer */
+  double seconds;
+  uint64_t replica_hash;     /* every replica's parameter hash after the step (they are equal) */
+} distro_step_stats;
+
+#define DISTRO_STEP_STATS_INIT {sizeof(distro_step_stats), 0, 0.0f, 0.0, 0.0, 0, 0, 0, 0.0, 0}
+
+/* Takes one step with every peer. out may be NULL.
+ * Errors: INVALID_ARGUMENT, SIZE, STATE (the run already has all its steps: raise them with
+ * distro_trainer_set_total_steps), NUMERIC, INTERNAL (replicas differ: a bug). */
+DISTRO_API int distro_trainer_step(distro_step_stats *out, distro_trainer *trainer);
+
+/* Mean validation loss of peer 0 over the configured number of fixed validation batches.
+ * Errors: INVALID_ARGUMENT, STATE (the dataset has no validation part). */
+DISTRO_API int distro_trainer_evaluate(double *out_loss, distro_trainer *trainer);
+
+/* Writes dir/checkpoint.bin atomically (parameters, optimizer state, step, settings; the data
+ * position follows from the step). Errors: INVALID_ARGUMENT, IO (the message names the path). */
+DISTRO_API int distro_trainer_save(distro_trainer *trainer, const char *dir);
+
+typedef struct distro_trainer_info {
+  size_t struct_size;        /* sizeof(distro_trainer_info) */
+  uint64_t params;           /* parameters of the model */
+  uint32_t peers;
+  uint64_t steps_done;
+  uint64_t steps_total;
+  uint64_t allreduce_bytes_per_peer; /* 2(N-1)/N * 2 bytes * params, sent plus received: a bf16
+                                        ring all-reduce of the gradient */
+} distro_trainer_info;
+
+#define DISTRO_TRAINER_INFO_INIT {sizeof(distro_trainer_info), 0, 0, 0, 0, 0}
+
+DISTRO_API int distro_trainer_get_info(distro_trainer_info *out, const distro_trainer *trainer);
+
+/* Changes the run's total steps (the schedule's length); at least the steps already done.
+ * Errors: INVALID_ARGUMENT. */
+DISTRO_API int distro_trainer_set_total_steps(distro_trainer *trainer, uint64_t steps);
+
 #ifdef __cplusplus
 }
 #endif
