@@ -10,6 +10,9 @@
         ...
         opt.apply(update)                     # from a Merger of all peers' payloads
 
+    with libdistro.Trainer("corpus.txt", peers=2, steps=100) as t:   # the built-in model, N local peers
+        stats = [t.step() for _ in range(100)]
+
 The shared library is found through $LIBDISTRO_LIBRARY, the in-tree build, or the system (see _lib).
 """
 
@@ -38,6 +41,7 @@ from .errors import (
     Unsupported,
 )
 from .optimizer import Merger, Optimizer, inspect
+from .trainer import Trainer
 
 # The binding's own version: that of the header it was written for.
 __version__ = DISTRO_VERSION_STRING
@@ -61,6 +65,7 @@ __all__ = [
     "Optimizer",
     "Merger",
     "inspect",
+    "Trainer",
     "DistroError",
     "InvalidArgument",
     "SizeError",

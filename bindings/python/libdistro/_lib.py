@@ -81,6 +81,10 @@ DISTRO_VALUES_INT8 = 2
 DISTRO_MESSAGE_PAYLOAD = 1
 DISTRO_MESSAGE_UPDATE = 2
 
+# enum distro_optimizer_kind
+DISTRO_OPTIMIZER_DISTRO = 1
+DISTRO_OPTIMIZER_ADAMW = 2
+
 LIBRARY_ENV = "LIBDISTRO_LIBRARY"
 IN_TREE_LIBRARY = Path("..") / ".." / "build" / "lib" / "libdistro.so.1"
 
@@ -171,6 +175,79 @@ class MessageInfo(_Struct):
     ]
 
 
+class TrainerOptions(_Struct):
+    """struct distro_trainer_options"""
+
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("preset", c_char_p),
+        ("vocab", c_int),
+        ("data", c_char_p),
+        ("devices", c_char_p),
+        ("peers", c_uint32),
+        ("optimizer", c_int),
+        ("steps", c_uint64),
+        ("batch", c_uint32),
+        ("micro_batch", c_uint32),
+        ("seq", c_uint32),
+        ("lr", c_float),
+        ("warmup", c_uint64),
+        ("min_lr_ratio", c_float),
+        ("weight_decay", c_float),
+        ("clip", c_float),
+        ("chunk", c_uint32),
+        ("topk", c_uint32),
+        ("decay", c_float),
+        ("value_mode", c_int),
+        ("seed", c_uint64),
+        ("threads", c_uint32),
+        ("eval_batches", c_uint64),
+    ]
+
+    # DISTRO_TRAINER_OPTIONS_INIT (less struct_size and the NULL strings)
+    DEFAULTS = dict(
+        vocab=0, peers=4, optimizer=DISTRO_OPTIMIZER_DISTRO, steps=200, batch=8, micro_batch=0, seq=128,
+        lr=0.0, warmup=0, min_lr_ratio=0.1, weight_decay=0.0, clip=1.0, chunk=64, topk=4, decay=0.999,
+        value_mode=DISTRO_VALUES_SIGN, seed=1, threads=0, eval_batches=8,
+    )
+
+    @classmethod
+    def new(cls, **fields):
+        defaults = dict(cls.DEFAULTS)
+        defaults.update(fields)
+        return super().new(**defaults)
+
+
+class StepStats(_Struct):
+    """struct distro_step_stats"""
+
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("step", c_uint64),
+        ("lr", c_float),
+        ("train_loss", c_double),
+        ("grad_norm", c_double),
+        ("tokens", c_uint64),
+        ("bytes_up_per_peer", c_uint64),
+        ("bytes_down_per_peer", c_uint64),
+        ("seconds", c_double),
+        ("replica_hash", c_uint64),
+    ]
+
+
+class TrainerInfo(_Struct):
+    """struct distro_trainer_info"""
+
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("params", c_uint64),
+        ("peers", c_uint32),
+        ("steps_done", c_uint64),
+        ("steps_total", c_uint64),
+        ("allreduce_bytes_per_peer", c_uint64),
+    ]
+
+
 # Opaque handles: distinct pointer types, so one kind of handle cannot be passed for another.
 class Devices(Structure):
     """struct distro_devices (opaque)"""
@@ -184,9 +261,14 @@ class MergerHandle(Structure):
     """struct distro_merger (opaque)"""
 
 
+class TrainerHandle(Structure):
+    """struct distro_trainer (opaque)"""
+
+
 DevicesPtr = POINTER(Devices)
 OptimizerPtr = POINTER(OptimizerHandle)
 MergerPtr = POINTER(MergerHandle)
+TrainerPtr = POINTER(TrainerHandle)
 BytesPtr = POINTER(c_uint8)
 
 # ------------------------------------------------------------------------------------------------
@@ -232,6 +314,15 @@ PROTOTYPES = [
     ),
     # Inspecting wire bytes
     ("distro_message_inspect", c_int, [POINTER(MessageInfo), BytesPtr, c_size_t]),
+    # Local training of the built-in model
+    ("distro_trainer_create", c_int, [POINTER(TrainerPtr), POINTER(TrainerOptions)]),
+    ("distro_trainer_resume", c_int, [POINTER(TrainerPtr), c_char_p]),
+    ("distro_trainer_destroy", c_int, [TrainerPtr]),
+    ("distro_trainer_step", c_int, [POINTER(StepStats), TrainerPtr]),
+    ("distro_trainer_evaluate", c_int, [POINTER(c_double), TrainerPtr]),
+    ("distro_trainer_save", c_int, [TrainerPtr, c_char_p]),
+    ("distro_trainer_get_info", c_int, [POINTER(TrainerInfo), TrainerPtr]),
+    ("distro_trainer_set_total_steps", c_int, [TrainerPtr, c_uint64]),
 ]
 
 # ------------------------------------------------------------------------------------------------

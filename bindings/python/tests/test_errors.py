@@ -481,12 +481,9 @@ def test_struct_size_too_small_is_a_size_error(raw, peers):
         errors.check(raw.distro_message_inspect(ctypes.byref(info), ctypes.cast(ctypes.c_char_p(b"x"), _lib.BytesPtr), 1))
 
 
-# -- known library bugs (reported to the lead; these flip to XPASS once fixed) ----------------------
+# -- regressions of bugs found by these tests ---------------------------------------------------------
 
 
-@pytest.mark.xfail(reason="library bug: distro_merger_finish with lr*weight_decay >= 1 fails inside the encoder "
-                          "('encode_update: decay_factor -1 is not in (0, 1]') after marking the merger finished",
-                   strict=False)
 def test_finish_with_too_much_weight_decay_is_refused_up_front(peers):
     with libdistro.Merger(peers[0].opt, 0) as m:
         with pytest.raises(libdistro.InvalidArgument) as e:
@@ -495,9 +492,6 @@ def test_finish_with_too_much_weight_decay_is_refused_up_front(peers):
         m.finish(LR, weight_decay=0.1)  # a refused call changes nothing
 
 
-@pytest.mark.xfail(reason="library bug: distro_optimizer_compress accepts a finite lr whose product with the "
-                          "gradient overflows float32; the momentum turns non-finite silently and every later "
-                          "payload carries no coefficients", strict=False)
 def test_overflowing_momentum_is_refused_and_leaves_momentum_alone(init):
     a, b = Peer(init, peer_id=0), Peer(init, peer_id=0)
     try:

@@ -123,6 +123,9 @@ STRUCTS = {
     "distro_optimizer_options": _lib.OptimizerOptions,
     "distro_optimizer_stats": _lib.OptimizerStats,
     "distro_message_info": _lib.MessageInfo,
+    "distro_trainer_options": _lib.TrainerOptions,
+    "distro_step_stats": _lib.StepStats,
+    "distro_trainer_info": _lib.TrainerInfo,
 }
 
 
@@ -137,8 +140,14 @@ def test_struct_layouts_and_init_macros_match_c(tmp_path):
     lines += [
         "distro_optimizer_options o = DISTRO_OPTIMIZER_OPTIONS_INIT;",
         'printf("init %u %u %.17g %d %u\\n", o.chunk, o.topk, (double)o.decay, o.value_mode, o.threads);',
-        "return 0; }",
     ]
+    # DISTRO_TRAINER_OPTIONS_INIT: the NULL strings, then every other field as a double.
+    lines.append("{ distro_trainer_options t = DISTRO_TRAINER_OPTIONS_INIT;")
+    lines.append('printf("trainer_strings %zu %d %d %d\\n", t.struct_size, t.preset == NULL, t.data == NULL, '
+                 "t.devices == NULL);")
+    for field in _lib.TrainerOptions.DEFAULTS:
+        lines.append(f'printf("trainer_init {field} %.17g\\n", (double)t.{field});')
+    lines += ["}", "return 0; }"]
     src = tmp_path / "layout.c"
     src.write_text("\n".join(lines))
     exe = tmp_path / "layout"
@@ -150,7 +159,21 @@ def test_struct_layouts_and_init_macros_match_c(tmp_path):
         assert int(got[(cname, "sizeof")][0]) == ctypes.sizeof(cls), cname
         for field, _ in cls._fields_:
             assert int(got[(cname, field)][0]) == getattr(cls, field).offset, (cname, field)
-    init = out[-1].split()
+    trainer = _lib.TrainerOptions.new()
+    for line in out:
+        words = line.split()
+        if words[0] == "trainer_strings":
+            assert int(words[1]) == trainer.struct_size == ctypes.sizeof(_lib.TrainerOptions)
+            assert words[2:] == ["1", "1", "1"]
+            assert trainer.preset is None and trainer.data is None and trainer.devices is None
+        elif words[0] == "trainer_init":
+            field, value = words[1], float(words[2])
+            assert getattr(trainer, field) == value, field
+    assert {line.split()[1] for line in out if line.startswith("trainer_init")} == set(_lib.TrainerOptions.DEFAULTS)
+    # Every field but struct_size and the strings has a default.
+    assert set(_lib.TrainerOptions.DEFAULTS) == {f for f, _ in _lib.TrainerOptions._fields_} - {
+        "struct_size", "preset", "data", "devices"}
+    init = next(line.split() for line in out if line.startswith("init "))
     assert init[0] == "init"
     o = _lib.OptimizerOptions.new()
     assert o.struct_size == ctypes.sizeof(_lib.OptimizerOptions)
