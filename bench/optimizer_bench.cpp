@@ -114,6 +114,7 @@ OptimizerBenchResult run_optimizer_bench(const OptimizerBenchConfig& c) {
   // The production path: the fused compress of every peer, then encode, merge, apply.
   std::vector<PeerPayload> payloads(c.peers.peers);
   uint64_t step = 0;
+  peers.randomize_grads(1);  // fresh random gradients: a zero gradient would send nothing
   r.stages.push_back({"compress (fused: momentum+dct+topk+residual)", median_time(c.repeat, [&] {
     ++step;
     payloads[0] = peers.optimizer(0).compress(step, lr);

@@ -46,14 +46,18 @@ const Manifest& Peers::manifest() const { return peers_[0]->opt->manifest(); }
 Optimizer& Peers::optimizer(unsigned i) { return *peers_.at(i)->opt; }
 uint64_t Peers::params() const { return manifest().total_params; }
 
+void Peers::randomize_grads(uint64_t step) {
+  const Manifest& m = manifest();
+  for (unsigned p = 0; p < peers_.size(); ++p)
+    for (size_t t = 0; t < m.tensors.size(); ++t)
+      fill_uniform(*pool_, peers_[p]->grads[t].data(), m.tensors[t].numel, (step * 7919 + p) * 65537 + t + 1, 1.0f);
+}
+
 StepFigures Peers::step(uint64_t step) {
   StepFigures f;
   const Manifest& m = manifest();
   // Each peer's gradient differs (its own batch); drawn outside the timed region.
-  for (unsigned p = 0; p < peers_.size(); ++p)
-    for (size_t t = 0; t < m.tensors.size(); ++t)
-      fill_uniform(*pool_, peers_[p]->grads[t].data(), m.tensors[t].numel,
-                   (step * 7919 + p) * 65537 + t + 1, 1.0f);
+  randomize_grads(step);
   double t0 = now_seconds();
   Merger merger(m, cfg_.seed, step);
   for (auto& peer : peers_) {

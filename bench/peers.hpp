@@ -37,6 +37,8 @@ class Peers {
   explicit Peers(const PeersConfig& c);
   ~Peers();
   StepFigures step(uint64_t step);
+  // Fills every peer's gradients with fresh random values for this step (each peer its own).
+  void randomize_grads(uint64_t step);
   const Manifest& manifest() const;
   Optimizer& optimizer(unsigned i);
   uint64_t params() const;
