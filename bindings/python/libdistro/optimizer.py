@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import numbers
 import operator
-import threading
-import weakref
 from ctypes import POINTER, byref, c_float, c_int64, c_size_t, c_uint64
 
 import numpy as np
 
 from . import _lib
+from ._handle import Handle
 from .devices import Device
 from .errors import check
 
@@ -87,7 +86,7 @@ def _destroy_merger(handle) -> None:
     _lib.lib.distro_merger_destroy(handle)
 
 
-class Optimizer:
+class Optimizer(Handle):
     """One peer's DisTrO optimizer (distro_optimizer).
 
     Parameters mirror distro_optimizer_options: ``run_id`` (payloads of other runs are refused),
@@ -119,10 +118,8 @@ class Optimizer:
         )
         handle = _lib.OptimizerPtr()
         check(_lib.lib.distro_optimizer_create(byref(handle), byref(options)))
-        self._handle = handle
-        self._lock = threading.RLock()
         self._tensors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self._finalizer = weakref.finalize(self, _destroy_optimizer, handle, self._tensors)
+        self._own(handle, _destroy_optimizer, self._tensors)
         self.run_id = int(run_id)
         self.peer_id = int(peer_id)
         self.values = values
@@ -130,31 +127,10 @@ class Optimizer:
 
     # -- lifetime ---------------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Destroys the optimizer and releases the registered arrays. Safe to call twice."""
-        with self._lock:
-            self._finalizer()
-            self._handle = None
-
-    @property
-    def closed(self) -> bool:
-        return self._handle is None
-
-    def __enter__(self) -> "Optimizer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self._tensors)} tensors"
         return (f"<libdistro.Optimizer run_id={self.run_id} peer_id={self.peer_id} values={self.values!r} "
                 f"device={self.device!r} {state}>")
-
-    def _h(self):
-        if self._handle is None:
-            raise ValueError("this Optimizer is closed")
-        return self._handle
 
     # -- tensors ----------------------------------------------------------------------------------
 
@@ -231,7 +207,7 @@ class Optimizer:
         return {name: getattr(s, name) for name, _ in _lib.OptimizerStats._fields_ if name != "struct_size"}
 
 
-class Merger:
+class Merger(Handle):
     """Merges the payloads of one step of ``optimizer``'s run into the update every peer applies
     (distro_merger). It copies what it needs from the optimizer (and freezes its tensor list)."""
 
@@ -242,35 +218,13 @@ class Merger:
         handle = _lib.MergerPtr()
         with optimizer._lock:
             check(_lib.lib.distro_merger_create(byref(handle), optimizer._h(), step))
-        self._handle = handle
-        self._lock = threading.RLock()
-        self._finalizer = weakref.finalize(self, _destroy_merger, handle)
+        self._own(handle, _destroy_merger)
         self.run_id = optimizer.run_id
         self.step = step
-
-    def close(self) -> None:
-        with self._lock:
-            self._finalizer()
-            self._handle = None
-
-    @property
-    def closed(self) -> bool:
-        return self._handle is None
-
-    def __enter__(self) -> "Merger":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{self.count} payloads"
         return f"<libdistro.Merger run_id={self.run_id} step={self.step} {state}>"
-
-    def _h(self):
-        if self._handle is None:
-            raise ValueError("this Merger is closed")
-        return self._handle
 
     def add(self, payload: bytes) -> None:
         """Checks and adds one peer's payload; a rejected payload changes nothing."""

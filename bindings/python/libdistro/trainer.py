@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import operator
 import os
-import threading
-import weakref
 from ctypes import byref, c_double
 
 from . import _lib
+from ._handle import Handle
 from .devices import Device
 from .errors import check
 from .optimizer import _c_string, _float, _uint
@@ -83,7 +82,7 @@ def _destroy_trainer(handle) -> None:
     _lib.lib.distro_trainer_destroy(handle)
 
 
-class Trainer:
+class Trainer(Handle):
     """N peers training the built-in model in this process (distro_trainer).
 
     ``data``: a UTF-8 text file (byte tokens) or an llm.c-style token shard. ``preset``: 'nano'
@@ -92,7 +91,7 @@ class Trainer:
     other. ``optimizer``: 'distro' or 'adamw' (the exact all-reduce baseline); another name raises
     ValueError here. The other keywords are the fields of distro_trainer_options, with its defaults:
     ``steps`` (length of the learning-rate schedule), ``batch``, ``micro_batch`` (0 = batch), ``seq``,
-    ``lr`` (0 = the optimizer's default), ``warmup`` (0 = min(100, steps/10)), ``min_lr_ratio``,
+    ``lr`` (0 = 3e-3 for nano and micro, 4e-4 for larger presets), ``warmup`` (0 = min(100, steps/10)), ``min_lr_ratio``,
     ``weight_decay``, ``clip`` (0 = off), ``chunk``, ``topk``, ``decay``, ``values`` ('sign' or 'int8'),
     ``seed``, ``threads`` (CPU threads per peer, 0 = one per core), ``eval_batches`` and ``vocab``
     (0 = the dataset's).
@@ -162,27 +161,9 @@ class Trainer:
         return self
 
     def _adopt(self, handle) -> None:
-        self._handle = handle
-        self._lock = threading.RLock()
-        self._finalizer = weakref.finalize(self, _destroy_trainer, handle)
+        self._own(handle, _destroy_trainer)
 
     # -- lifetime ---------------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Destroys the trainer (every peer's model and optimizer). Safe to call twice."""
-        with self._lock:
-            self._finalizer()
-            self._handle = None
-
-    @property
-    def closed(self) -> bool:
-        return self._handle is None
-
-    def __enter__(self) -> "Trainer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         if self.closed:
@@ -190,11 +171,6 @@ class Trainer:
         i = self.info
         return (f"<libdistro.Trainer peers={i['peers']} params={i['params']} "
                 f"step {i['steps_done']}/{i['steps_total']}>")
-
-    def _h(self):
-        if self._handle is None:
-            raise ValueError("this Trainer is closed")
-        return self._handle
 
     # -- training ---------------------------------------------------------------------------------
 
