@@ -25,7 +25,7 @@ static const char* kHelp =
     "  --batch B            sequences per peer per step (default 8)\n"
     "  --micro-batch M      sequences per forward/backward, a divisor of B (default B)\n"
     "  --seq T              sequence length (default 128)\n"
-    "  --lr X               peak learning rate (default 3e-4 distro, 1e-3 adamw)\n"
+    "  --lr X               peak learning rate (default 3e-3 for nano and micro, 4e-4 larger)\n"
     "  --warmup N           warmup steps (default min(100, steps/10)); cosine decay after\n"
     "  --min-lr-ratio R     final lr as a fraction of the peak (default 0.1)\n"
     "  --weight-decay W     decoupled weight decay (default 0)\n"

@@ -16,7 +16,12 @@
 
 namespace distro {
 
-float default_lr(const std::string& optimizer) { return optimizer == "adamw" ? 1e-3f : 3e-4f; }
+float default_lr(const std::string& optimizer, const std::string& preset) {
+  // Tuned on nano (docs/benchmarks.md, section 3) for both optimizers; the large presets take the
+  // 4e-4 of the DisTrO report's and DeMo's 1B runs.
+  (void)optimizer;
+  return preset == "nano" || preset == "micro" ? 3e-3f : 4e-4f;
+}
 
 void validate(const TrainConfig& c) {
   auto bad = [](const std::string& what) { fail(Code::invalid_argument, what); };
@@ -105,7 +110,7 @@ struct Trainer::Impl {
   }
 
   uint64_t warmup() const { return cfg.warmup ? cfg.warmup : std::min<uint64_t>(100, cfg.steps / 10); }
-  float peak_lr() const { return cfg.lr > 0.0f ? cfg.lr : default_lr(cfg.optimizer); }
+  float peak_lr() const { return cfg.lr > 0.0f ? cfg.lr : default_lr(cfg.optimizer, cfg.preset); }
 
   // Peer p's gradient for this step: micro-batches accumulated, then scaled to the batch mean.
   double compute_grad(size_t p, uint64_t step) {

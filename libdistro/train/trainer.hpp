@@ -26,7 +26,7 @@ struct TrainConfig {
   int batch = 8;                      // sequences per peer per step
   int micro_batch = 0;                // sequences per forward/backward, 0 = batch
   int seq = 128;
-  float lr = 0.0f;                    // peak; 0 = the optimizer's default
+  float lr = 0.0f;                    // peak; 0 = default_lr(optimizer, preset)
   uint64_t warmup = 0;                // steps; 0 = min(100, steps / 10)
   float min_lr_ratio = 0.1f;          // cosine decay ends at this fraction of the peak
   float weight_decay = 0.0f;
@@ -44,7 +44,8 @@ struct TrainConfig {
 
 // Checks every field; throws Error(invalid_argument) naming the field and what is expected.
 void validate(const TrainConfig& c);
-float default_lr(const std::string& optimizer);
+// The peak learning rate used when TrainConfig::lr is 0.
+float default_lr(const std::string& optimizer, const std::string& preset);
 
 struct StepStats {
   uint64_t step = 0;

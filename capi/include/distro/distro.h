@@ -334,7 +334,7 @@ typedef struct distro_trainer_options {
   uint32_t batch;       /* sequences per peer per step (default 8) */
   uint32_t micro_batch; /* sequences per forward/backward, a divisor of batch; 0 = batch */
   uint32_t seq;         /* sequence length (default 128) */
-  float lr;             /* peak learning rate; 0 = the optimizer's default (3e-4 DisTrO, 1e-3 AdamW) */
+  float lr;             /* peak learning rate; 0 = 3e-3 for nano and micro, 4e-4 for larger presets */
   uint64_t warmup;      /* linear warmup steps; 0 = min(100, steps / 10); cosine decay after */
   float min_lr_ratio;   /* the schedule ends at this fraction of the peak (default 0.1) */
   float weight_decay;   /* decoupled weight decay (default 0) */
