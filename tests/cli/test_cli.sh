@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The command line's answers to bad input: the exit status (2 for usage, 1 for a failure) and a
+# message that names what was wrong. Usage: test_cli.sh path/to/distro path/to/small-text
+set -u
+distro=$1
+text=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+passed=0
+failed=0
+
+# expect STATUS WORDS -- command...
+expect() {
+  local want=$1 words=$2
+  shift 3
+  local out status
+  out=$("$@" 2>&1)
+  status=$?
+  if [[ $status -eq $want && $out == *"$words"* ]]; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    echo "FAILED: $* -> status $status (expected $want), output: $out" >&2
+    echo "        expected the words: $words" >&2
+  fi
+}
+
+expect 2 "usage: distro" -- "$distro"
+expect 2 "unknown command 'frobnicate'" -- "$distro" frobnicate
+expect 2 "unknown option '--stepz'" -- "$distro" train --stepz 3
+expect 2 "--steps is 'many'; expected a whole number" -- "$distro" train --steps many
+expect 2 "--steps is '0'" -- "$distro" train --steps 0
+expect 2 "--lr is 'fast'" -- "$distro" train --lr fast
+expect 2 "option --data needs a value" -- "$distro" train --data
+expect 2 "--optimizer is 'sgd'; expected distro or adamw" -- "$distro" train --optimizer sgd --data "$text"
+expect 2 "--peers 'cpu,,cpu' has an empty entry" -- "$distro" train --peers cpu,,cpu --data "$text"
+expect 2 "--values is 'fp4'; expected sign or int8" -- "$distro" train --values fp4 --data "$text"
+expect 1 "missing.txt" -- "$distro" train --data "$tmp/missing.txt" --steps 1
+expect 1 "no device named 'cuda:9'" -- "$distro" train --data "$text" --peers cpu,cuda:9 --steps 1
+expect 1 "unknown model preset" -- "$distro" train --data "$text" --preset huge --steps 1
+expect 1 "no checkpoint at" -- "$distro" train --resume "$tmp/nothing"
+expect 2 "cannot be combined with --resume" -- "$distro" train --resume "$tmp/x" --lr 0.1
+printf 'DSTRCKPTgarbage-garbage-garbage-garbage-garbage-garbage' >"$tmp/bad.bin"
+expect 1 "checkpoint" -- "$distro" train --resume "$tmp/bad.bin"
+expect 0 "replicas agree" -- "$distro" train --data "$text" --peers 2 --steps 2 --batch 2 --seq 16 --threads 1 \
+  --checkpoint "$tmp/ck" --json "$tmp/run.json"
+expect 0 "the run is already complete" -- "$distro" train --resume "$tmp/ck"
+expect 0 "step 3/3" -- "$distro" train --resume "$tmp/ck" --steps 3
+expect 0 '"name": "cpu"' -- "$distro" devices --json
+expect 0 "bits/param" -- "$distro" compress --model params:65536 --steps 1
+
+echo "$passed passed, $failed failed"
+[[ $failed -eq 0 ]]
