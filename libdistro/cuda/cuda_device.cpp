@@ -2,11 +2,15 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
+#include <initializer_list>
+#include <utility>
 #include <cstdint>
 #include <string>
 
 #include "backend/registry.hpp"
 #include "cuda/kernels.hpp"
+#include "optim/dct.hpp"
 
 namespace distro {
 namespace {
@@ -64,15 +68,16 @@ CudaDevice::CudaDevice(int ordinal) : ordinal_(ordinal) {
                       " SMs)";
   info_.kind = DeviceKind::cuda;
   const int cc = prop.major * 10 + prop.minor;
-  // fp16 arithmetic from compute 5.3, bf16 from 8.0; 64-bit integers everywhere. Not
-  // kDeviceOptimizer: compress and apply have no CUDA kernels yet.
-  info_.flags = kDeviceInt64 | (cc >= 53 ? kDeviceFp16 : 0u) | (cc >= 80 ? kDeviceBf16 : 0u);
+  // fp16 arithmetic from compute 5.3, bf16 from 8.0; 64-bit integers everywhere; the DisTrO
+  // optimizer ops (compress, apply, the gradient check) on every GPU this build runs on.
+  info_.flags = kDeviceInt64 | kDeviceOptimizer | (cc >= 53 ? kDeviceFp16 : 0u) |
+                (cc >= 80 ? kDeviceBf16 : 0u);
   info_.memory_total = total_bytes;
   info_.memory_free = free_bytes;
   info_.compute_units = uint32_t(prop.multiProcessorCount);
   info_.subgroup_size = uint32_t(prop.warpSize);
-  max_blocks_ =
-      unsigned(prop.multiProcessorCount > 0 ? prop.multiProcessorCount : 1) * kBlocksPerSm;
+  sm_count_ = unsigned(prop.multiProcessorCount > 0 ? prop.multiProcessorCount : 1);
+  max_blocks_ = sm_count_ * kBlocksPerSm;
 }
 
 CudaDevice::~CudaDevice() {
@@ -104,11 +109,19 @@ DeviceMemory CudaDevice::alloc(size_t bytes) {
   void* ptr = nullptr;
   if (cudaError_t err = cudaMalloc(&ptr, bytes); err != cudaSuccess)
     raise(ordinal_, "cudaMalloc(" + std::to_string(bytes) + " bytes)", err);
+  {
+    std::lock_guard<std::mutex> lock(alloc_mu_);
+    allocs_[reinterpret_cast<uintptr_t>(ptr)] = bytes;
+  }
   return DeviceMemory(this, ptr, bytes);
 }
 
 void CudaDevice::release(void* ptr) noexcept {
   if (!ptr) return;
+  {
+    std::lock_guard<std::mutex> lock(alloc_mu_);
+    allocs_.erase(reinterpret_cast<uintptr_t>(ptr));
+  }
   // cudaFree waits for work still using the memory. A failure here (runtime unloading, a context
   // already broken by an earlier fault) leaves nothing to do but clear the error.
   if (cudaSetDevice(ordinal_) != cudaSuccess || cudaFree(ptr) != cudaSuccess)
@@ -172,6 +185,183 @@ uint64_t CudaDevice::hash(const float* data, uint64_t n, uint64_t salt) {
   DISTRO_CUDA_CHECK(cudaMemcpyAsync(&sum, scratch_, sizeof(sum), cudaMemcpyDeviceToHost, stream_));
   DISTRO_CUDA_CHECK(cudaStreamSynchronize(stream_));
   return uint64_t(sum);
+}
+
+void CudaDevice::check_range(const void* p, uint64_t bytes, const char* what, const char* op) const {
+  if (!p) fail(Code::invalid_argument, info_.name + ": " + op + ": " + what + " is a null pointer");
+  const auto addr = reinterpret_cast<uintptr_t>(p);
+  {
+    std::lock_guard<std::mutex> lock(alloc_mu_);
+    auto it = allocs_.upper_bound(addr);
+    if (it != allocs_.begin()) {
+      --it;
+      if (addr < it->first + it->second) {
+        if (bytes > it->first + it->second - addr)
+          fail(Code::size, info_.name + ": " + op + ": " + what + " needs " + std::to_string(bytes) +
+                               " bytes but its allocation holds " + std::to_string(it->first + it->second - addr) +
+                               " from there");
+        return;
+      }
+    }
+  }
+  check_device_pointer(p, op);
+}
+
+const CudaDevice::Basis& CudaDevice::basis(uint32_t n) {
+  std::lock_guard<std::mutex> lock(basis_mu_);
+  auto& slot = bases_[n];
+  if (slot) return *slot;
+  const DctBasis b = make_dct_basis(n);
+  const size_t nn = size_t(n) * n;
+  std::vector<float> ft(nn);
+  std::vector<int32_t> it(nn);
+  for (uint32_t i = 0; i < n; ++i)
+    for (uint32_t f = 0; f < n; ++f) {
+      ft[size_t(f) * n + i] = b.f32[size_t(i) * n + f];
+      it[size_t(f) * n + i] = b.i14[size_t(i) * n + f];
+    }
+  auto out = std::make_unique<Basis>();
+  out->f32 = alloc(nn * 4);
+  out->f32t = alloc(nn * 4);
+  out->i14 = alloc(nn * 4);
+  out->i14t = alloc(nn * 4);
+  upload(out->f32.data(), b.f32.data(), nn * 4);
+  upload(out->f32t.data(), ft.data(), nn * 4);
+  upload(out->i14.data(), b.i14.data(), nn * 4);
+  upload(out->i14t.data(), it.data(), nn * 4);
+  slot = std::move(out);
+  return *slot;
+}
+
+float* CudaDevice::workspace(uint64_t floats) {
+  // Called with workspace_mu_ held. Work already queued may still use the old buffer: wait first.
+  if (workspace_.bytes() < floats * sizeof(float)) {
+    synchronize();
+    workspace_ = DeviceMemory();
+    workspace_ = alloc(floats * sizeof(float));
+  }
+  return workspace_.as<float>();
+}
+
+namespace {
+
+// The chunk plan of a tensor, checked: a kernel trusts these numbers for every address it forms.
+cuda::ChunkShape checked_shape(const TensorPlan* p, const std::string& dev, const char* op) {
+  if (!p) fail(Code::invalid_argument, dev + ": " + op + " without a tensor plan");
+  const std::string where = dev + ": " + op + " of tensor '" + p->name + "': ";
+  if (p->n1 < 1 || p->n1 > kMaxChunk || p->n2 < 1 || p->n2 > kMaxChunk)
+    fail(Code::invalid_argument, where + "chunk " + std::to_string(p->n1) + "x" + std::to_string(p->n2) +
+                                     " is outside 1.." + std::to_string(kMaxChunk));
+  if (p->rows % p->n1 != 0 || p->cols % p->n2 != 0 || p->batch * p->rows * p->cols != p->numel ||
+      p->chunks != p->batch * (p->rows / p->n1) * (p->cols / p->n2))
+    fail(Code::invalid_argument, where + "the chunk plan does not tile its shape");
+  cuda::ChunkShape s;
+  s.chunks = p->chunks;
+  s.rows = p->rows;
+  s.cols = p->cols;
+  s.n1 = p->n1;
+  s.n2 = p->n2;
+  return s;
+}
+
+// A misaligned kernel access is a sticky fault that breaks the device for the process: refuse first.
+void check_aligned(const std::string& dev, const char* op,
+                   std::initializer_list<std::pair<const void*, uintptr_t>> ptrs) {
+  for (const auto& [ptr, align] : ptrs)
+    if (reinterpret_cast<uintptr_t>(ptr) % align != 0)
+      fail(Code::invalid_argument, dev + ": " + op + ": a buffer is not aligned to " + std::to_string(align) +
+                                       " bytes");
+}
+
+}  // namespace
+
+void CudaDevice::compress(const CompressArgs& a) {
+  const cuda::ChunkShape shape = checked_shape(a.plan, info_.name, "compress");
+  const TensorPlan& p = *a.plan;
+  const uint32_t E = p.n1 * p.n2;
+  if (p.k < 1 || p.k > std::min<uint32_t>(E, 65535))
+    fail(Code::invalid_argument, info_.name + ": compress of tensor '" + p.name + "': k is " +
+                                     std::to_string(p.k) + "; expected 1.." + std::to_string(std::min<uint32_t>(E, 65535)));
+  if (a.values != ValueMode::sign && a.values != ValueMode::int8)
+    fail(Code::invalid_argument, info_.name + ": compress: value mode " + std::to_string(int(a.values)) +
+                                     " is neither sign (1) nor int8 (2)");
+  if (shape.chunks == 0) return;
+  activate();
+  check_range(a.grad, p.numel * 4, "grad", "compress");
+  check_range(a.delta, p.numel * 4, "delta", "compress");
+  check_range(a.count, p.chunks * 2, "count", "compress");
+  check_range(a.index, p.chunks * p.k * 2, "index", "compress");
+  check_range(a.value, p.chunks * p.k, "value", "compress");
+  check_aligned(info_.name, "compress", {{a.grad, 4}, {a.delta, 4}, {a.count, 2}, {a.index, 2}});
+
+  const Basis& b1 = basis(p.n1);
+  const Basis& b2 = basis(p.n2);
+  cuda::CompressLaunch L;
+  L.shape = shape;
+  L.k = p.k;
+  L.grad = a.grad;
+  L.delta = a.delta;
+  L.beta = a.beta;
+  L.lr = a.lr;
+  L.value_mode = int(a.values);
+  L.count = a.count;
+  L.index = a.index;
+  L.value = a.value;
+  L.b1 = b1.f32.as<float>();
+  L.b1t = b1.f32t.as<float>();
+  L.b2 = b2.f32.as<float>();
+  L.b2t = b2.f32t.as<float>();
+  cuda::CompressPlan plan;
+  DISTRO_CUDA_CHECK(cuda::plan_compress(L, sm_count_, &plan));
+  std::lock_guard<std::mutex> lock(workspace_mu_);
+  if (plan.workspace_floats > 0) L.workspace = workspace(plan.workspace_floats);
+  DISTRO_CUDA_CHECK(cuda::launch_compress(L, plan, stream_));
+}
+
+void CudaDevice::apply(const ApplyArgs& a) {
+  const cuda::ChunkShape shape = checked_shape(a.plan, info_.name, "apply");
+  const TensorPlan& p = *a.plan;
+  if (shape.chunks == 0) return;
+  activate();
+  check_range(a.offset, (p.chunks + 1) * 4, "offset", "apply");
+  check_range(a.params, p.numel * 4, "params", "apply");
+  // The entry arrays' lengths live in device memory (offset[chunks]); only their start is checked.
+  check_range(a.index, 2, "index", "apply");
+  check_range(a.value, 4, "value", "apply");
+  check_aligned(info_.name, "apply", {{a.offset, 4}, {a.params, 4}, {a.index, 2}, {a.value, 4}});
+
+  const Basis& b1 = basis(p.n1);
+  const Basis& b2 = basis(p.n2);
+  cuda::ApplyLaunch L;
+  L.shape = shape;
+  L.offset = a.offset;
+  L.index = a.index;
+  L.value = a.value;
+  L.params = a.params;
+  L.lr = a.lr;
+  L.decay = a.decay_factor;
+  L.bi1 = b1.i14.as<int32_t>();
+  L.bi1t = b1.i14t.as<int32_t>();
+  L.bi2 = b2.i14.as<int32_t>();
+  L.bi2t = b2.i14t.as<int32_t>();
+  DISTRO_CUDA_CHECK(cuda::launch_apply(L, sm_count_, stream_));
+}
+
+uint64_t CudaDevice::first_nonfinite_momentum(const float* delta, const float* grad, float beta, float lr,
+                                              uint64_t n) {
+  if (n == 0) return UINT64_MAX;
+  activate();
+  check_range(delta, n * 4, "delta", "first_nonfinite_momentum");
+  check_range(grad, n * 4, "grad", "first_nonfinite_momentum");
+  if (reinterpret_cast<uintptr_t>(delta) % 4 != 0 || reinterpret_cast<uintptr_t>(grad) % 4 != 0)
+    fail(Code::invalid_argument, info_.name + ": first_nonfinite_momentum: buffers are not aligned to 4 bytes");
+  std::lock_guard<std::mutex> lock(mutex_);
+  DISTRO_CUDA_CHECK(cudaMemsetAsync(scratch_, 0xFF, sizeof(unsigned long long), stream_));
+  DISTRO_CUDA_CHECK(cuda::launch_first_nonfinite(delta, grad, beta, lr, n, scratch_, max_blocks_, stream_));
+  unsigned long long first = 0;
+  DISTRO_CUDA_CHECK(cudaMemcpyAsync(&first, scratch_, sizeof(first), cudaMemcpyDeviceToHost, stream_));
+  DISTRO_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  return uint64_t(first);
 }
 
 std::vector<std::unique_ptr<Device>> scan_cuda_devices() {

@@ -71,7 +71,7 @@ TEST_CASE("cuda: devices are listed with sane properties", "[cuda]") {
     CHECK(info.subgroup_size == 32);
     CHECK((info.flags & kDeviceInt64) != 0);
     CHECK((info.flags & kDeviceFp16) != 0);       // every GPU this build runs on (sm_75+) has fp16
-    CHECK((info.flags & kDeviceOptimizer) == 0);  // compress/apply not on CUDA yet
+    CHECK((info.flags & kDeviceOptimizer) != 0);  // compress, apply and the gradient check run on CUDA
     // Names are unique.
     for (size_t e = 0; e < d; ++e) CHECK(devices[e]->info().name != info.name);
   }

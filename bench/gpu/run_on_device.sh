@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Runs the CUDA backend's checks and the optimizer-step benchmark on a machine with an NVIDIA GPU,
+# and prints one table last. From the repository root:
+#
+#   [DEPS_DIR=DIR] [FALLBACK_BIN=DIR] [PROFILE=1] bench/gpu/run_on_device.sh [BIN_DIR]
+#
+# Without BIN_DIR the script configures and builds here: CMake + Ninja, CUDA arch 90, Release,
+# GUI and Vulkan off, tests on, into build-gpu/ (targets distro_gpu_tests and distro_gpu_bench).
+# That needs OpenSSL's headers, Catch2 2 and nlohmann/json; DEPS_DIR may hold the latter two as a
+# prefix (DIR/include/catch2, DIR/include/nlohmann, DIR/lib/cmake/Catch2), e.g. copied from a
+# Debian machine into the ignored folder .gpu-deps/deps and carried. If the build fails and
+# FALLBACK_BIN names binaries built elsewhere, those run instead. BIN_DIR skips the build: binaries
+# built elsewhere for this GPU (e.g. on a machine without a GPU: the same cmake line plus
+# -DOPENSSL_USE_STATIC_LIBS=TRUE, so that they need only libstdc++ and the driver).
+#
+# Steps, each with its own time limit so that the table always prints:
+#   1. the GPU tests (tests/gpu: device, hash, optimizer ops against the CPU, CPU/GPU peers);
+#   2. the optimizer-step benchmark (ours) -> ours.json;
+#   3. the PyTorch DeMo reference, fused AdamW and copy bandwidth -> ref.json;
+#   4. compute-sanitizer: memcheck over the optimizer tests, racecheck over a small benchmark;
+#   5. (PROFILE=1) Nsight Compute sections of one compress and one apply kernel;
+#   6. the summary and the table.
+# Logs go to a work folder; $OUT, when set, receives ours.json, ref.json, table.md and logs.tar.gz.
+set -u
+export PYTHONUNBUFFERED=1
+cd "$(dirname "$0")/../.."
+FINAL=${OUT:-}
+OUT=$(mktemp -d)
+BIN=${1:-}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem --format=csv \
+  2>&1 | tee "$OUT/gpu.txt"
+
+if [ -z "$BIN" ]; then
+  BUILD=build-gpu
+  EXTRA=()
+  if [ -n "${DEPS_DIR:-}" ]; then
+    DEPS=$(cd "$DEPS_DIR" && pwd)
+    EXTRA+=("-DCatch2_DIR=$DEPS/lib/cmake/Catch2" "-DCMAKE_CXX_FLAGS=-isystem $DEPS/include")
+  fi
+  t0=$SECONDS
+  if cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
+       -DDISTRO_GUI=OFF -DDISTRO_VULKAN=OFF -DDISTRO_TESTS=ON "${EXTRA[@]}" >"$OUT/build.log" 2>&1 &&
+     ninja -C "$BUILD" distro_gpu_tests distro_gpu_bench >>"$OUT/build.log" 2>&1; then
+    BIN=$BUILD/bin
+    echo "built here in $((SECONDS - t0)) s: $BIN"
+  else
+    tail -30 "$OUT/build.log"
+    if [ -n "${FALLBACK_BIN:-}" ]; then
+      echo "build failed (log: build.log); running the binaries in $FALLBACK_BIN"
+      BIN=$FALLBACK_BIN
+    else
+      echo "build failed (log: $OUT/build.log)"
+      exit 1
+    fi
+  fi
+fi
+echo "binaries: $BIN"
+
+summary=()
+run_step() {  # name, limit_s, log, command...
+  local name=$1 limit=$2 log=$3
+  shift 3
+  local t0=$SECONDS
+  timeout "$limit" "$@" >"$log" 2>&1
+  local rc=$?
+  summary+=("$(printf '%-28s rc=%-3s %4ss  %s' "$name" "$rc" "$((SECONDS - t0))" "$(tail -1 "$log")")")
+  return $rc
+}
+
+run_step "gpu tests" 300 "$OUT/tests.log" "$BIN/distro_gpu_tests" --durations yes
+grep -E "passed|failed|FAILED|seed" "$OUT/tests.log" | tail -15
+
+run_step "benchmark (ours)" 200 "$OUT/ours.log" "$BIN/distro_gpu_bench" --json "$OUT/ours.json"
+cat "$OUT/ours.log"
+
+run_step "benchmark (PyTorch)" 240 "$OUT/ref.log" \
+  python3 bench/reference/demo_reference.py --json "$OUT/ref.json"
+cat "$OUT/ref.log"
+
+if command -v compute-sanitizer >/dev/null; then
+  run_step "compute-sanitizer memcheck" "${SANITIZER_LIMIT:-240}" "$OUT/memcheck.log" \
+    compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 \
+    "$BIN/distro_gpu_tests" "[optimizer]"
+  grep -E "ERROR SUMMARY|Invalid|out of bounds" "$OUT/memcheck.log" | head -10
+else
+  summary+=("compute-sanitizer: not installed")
+fi
+
+if command -v compute-sanitizer >/dev/null; then
+  # Shared-memory races in the chunk loops: a 4096x4096 tensor, ~10 chunks per persistent block.
+  run_step "compute-sanitizer racecheck" "${RACECHECK_LIMIT:-240}" "$OUT/racecheck.log" \
+    compute-sanitizer --tool racecheck --error-exitcode 9 \
+    "$BIN/distro_gpu_bench" --model params:16777216 --topk 4,32 --reps 1 --warmup 0
+  grep -E "RACECHECK SUMMARY|ERROR SUMMARY|hazard" "$OUT/racecheck.log" | head -5
+fi
+
+if [ "${PROFILE:-0}" = 1 ] && command -v ncu >/dev/null; then
+  run_step "ncu compress64" 120 "$OUT/ncu_compress.log" ncu --clock-control none -k regex:compress64 \
+    --launch-skip 30 --launch-count 1 --section SpeedOfLight --section Occupancy --section MemoryWorkloadAnalysis \
+    --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
+    "$BIN/distro_gpu_bench" --topk 32 --reps 1 --warmup 0
+  run_step "ncu apply64" 120 "$OUT/ncu_apply.log" ncu --clock-control none -k regex:apply64 \
+    --launch-skip 30 --launch-count 1 --section SpeedOfLight --section Occupancy \
+    "$BIN/distro_gpu_bench" --topk 32 --reps 1 --warmup 0
+  grep -E "Duration|Throughput|Achieved Occupancy|Registers|Block Limit" "$OUT/ncu_compress.log" "$OUT/ncu_apply.log" | head -30
+fi
+
+echo
+echo "== summary =="
+printf '%s\n' "${summary[@]}"
+grep -E "^(All tests passed|test cases:)" "$OUT/tests.log" | tail -2
+grep -E "ERROR SUMMARY" "$OUT/memcheck.log" 2>/dev/null | tail -1
+grep -E "RACECHECK SUMMARY|ERROR SUMMARY" "$OUT/racecheck.log" 2>/dev/null | tail -1
+echo
+if [ -f "$OUT/ours.json" ] && [ -f "$OUT/ref.json" ]; then
+  python3 bench/gpu/table.py "$OUT/ours.json" "$OUT/ref.json" --md "$OUT/table.md"
+else
+  echo "no table: a benchmark step failed (logs in $OUT)"
+fi
+if [ -n "$FINAL" ]; then
+  mkdir -p "$FINAL"
+  for f in ours.json ref.json table.md; do [ -f "$OUT/$f" ] && cp "$OUT/$f" "$FINAL/"; done
+  tar czf "$FINAL/logs.tar.gz" -C "$OUT" .
+fi

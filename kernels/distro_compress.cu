@@ -1,0 +1,865 @@
+// The DisTrO compress on CUDA (CompressArgs in backend/device.hpp; the CPU reference is
+// CpuDevice::compress with optim/chunk_math.cpp), and the gradient check that precedes it.
+//
+// One thread block of 256 threads owns a chunk at a time (a persistent grid loops over chunks):
+//   1. momentum x = beta * delta + lr * grad, float32 with the CPU's roundings (two products, one sum);
+//   2. block DCT Y = B1^T X B2 with float32 accumulation (explicit __fmaf_rn; the library is built
+//      with --fmad=false, so nothing else is contracted). The compress need not match the CPU's bits
+//      (each peer sends its own payload); the CPU accumulates in float64;
+//   3. top-k of |Y| over non-zero coefficients, ties to the lowest index, indices ascending
+//      (select_chunk below: a cheap candidate filter and ranks; a radix select when that fails);
+//   4. values quantised exactly like quantize_values (sign, or int8 = round(127 y / max|y|) in
+//      double, halves away from zero);
+//   5. error feedback: delta = x - sum_s y_s B1[i][f1_s] B2[j][f2_s] over the selected coefficients.
+//
+// Two kernels: a tiled one for 64x64 chunks (the DeMo/Psyche default; register-blocked 4x4 tiles per
+// thread, X, T = X B2 and Y in shared memory), and a generic one for any n1, n2 <= 256 whose three
+// n1 x n2 buffers sit in shared memory when small and in a global workspace otherwise.
+#include <cstdint>
+#include <cstdlib>
+
+#include "cuda/kernels.hpp"
+
+namespace distro::cuda {
+namespace {
+
+constexpr unsigned kThreads = 256;
+constexpr unsigned kWarps = kThreads / 32;
+constexpr unsigned kCandCap = kThreads;  // candidates of the fast selection: one per thread
+constexpr uint32_t kInfBits = 0x7F800000u;
+constexpr uint32_t kGenericSmemFloats = 10240;  // 40 KiB: the generic kernel's buffers in shared memory
+
+// ---------------------------------------------------------------------------------------------
+// Chunk geometry, as chunk_origin in optim/dct.hpp.
+__device__ __forceinline__ uint64_t chunk_origin(const ChunkShape& s, uint64_t c) {
+  const uint64_t cb = s.cols / s.n2, rb = s.rows / s.n1;
+  const uint64_t b = c / (rb * cb), rem = c % (rb * cb);
+  return b * s.rows * s.cols + (rem / cb) * s.n1 * s.cols + (rem % cb) * s.n2;
+}
+
+// The momentum of one element, with the CPU's roundings: beta * d + lr * g.
+__device__ __forceinline__ float momentum(float beta, float d, float lr, float g) {
+  return __fadd_rn(__fmul_rn(beta, d), __fmul_rn(lr, g));
+}
+
+// A hint: bring the line holding p into L2 (no register, no wait).
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#else
+  (void)p;
+#endif
+}
+
+__device__ __forceinline__ bool finite_bits(float x) { return (__float_as_uint(x) & kInfBits) != kInfBits; }
+
+// Selection key of a coefficient: the bits of |y| (monotone in |y|), 0 for zeros and NaN (never
+// selected, like the CPU's !(|y| > 0)); infinities are kept.
+__device__ __forceinline__ uint32_t mag_key(float y) {
+  const uint32_t b = __float_as_uint(y) & 0x7FFFFFFFu;
+  return b <= kInfBits ? b : 0u;
+}
+
+__device__ __forceinline__ float comp(const float4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-chunk top-k selection, shared by both kernels. All threads of the block call these
+// functions together (they contain barriers).
+
+// Where coefficient index f1 * n2 + f2 of a chunk sits in the kernel's Y buffer (slot), and back.
+struct Linear {
+  __device__ uint32_t slot(uint32_t index) const { return index; }
+  __device__ uint32_t index(uint32_t slot) const { return slot; }
+};
+
+struct SelectSmem {
+  uint32_t hist[256];
+  uint32_t ckey[kCandCap];
+  uint16_t cidx[kCandCap];
+  uint8_t csel[kCandCap];
+  uint32_t wtot[kWarps];
+  uint32_t word[8];
+};
+
+// Exclusive prefix count of flag in thread order (thread order = element order of a round), and
+// the block's total.
+__device__ uint32_t block_excl_scan(bool flag, uint32_t& total, SelectSmem& s) {
+  const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const uint32_t b = __ballot_sync(0xffffffffu, flag);
+  const uint32_t pre = __popc(b & ((1u << lane) - 1u));
+  if (lane == 0) s.wtot[warp] = __popc(b);
+  __syncthreads();
+  uint32_t base = 0, t = 0;
+  for (unsigned w = 0; w < kWarps; ++w) {
+    const uint32_t v = s.wtot[w];
+    if (w < warp) base += v;
+    t += v;
+  }
+  __syncthreads();
+  total = t;
+  return base + pre;
+}
+
+// The k-th largest key among get(0..n-1) (keys 0 excluded; at least k keys are non-zero), by a
+// most-significant-digit radix select over four 8-bit digits. Returns it in t, and in need how many
+// of the keys equal to t belong to the top k (the others are larger).
+template <class Get>
+__device__ void radix_select(Get get, uint32_t n, uint32_t k, SelectSmem& s, uint32_t& t, uint32_t& need) {
+  uint32_t prefix = 0, mask = 0, remaining = k;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    __syncthreads();
+    for (unsigned i = threadIdx.x; i < 256; i += kThreads) s.hist[i] = 0;
+    __syncthreads();
+    for (uint32_t i = threadIdx.x; i < n; i += kThreads) {
+      const uint32_t key = get(i);
+      if (key != 0 && (key & mask) == prefix) atomicAdd(&s.hist[(key >> shift) & 255u], 1u);
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) {
+      const unsigned lane = threadIdx.x;
+      uint32_t h[8], sum = 0;
+#pragma unroll
+      for (int b = 0; b < 8; ++b) sum += (h[b] = s.hist[lane * 8 + b]);
+      uint32_t incl = sum;  // sum over lanes >= lane
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const uint32_t v = __shfl_down_sync(0xffffffffu, incl, o);
+        if (lane + o < 32) incl += v;
+      }
+      uint32_t cum = incl - sum;  // keys in higher digits
+#pragma unroll
+      for (int b = 7; b >= 0; --b) {
+        if (cum < remaining && remaining <= cum + h[b]) {
+          s.word[0] = lane * 8 + b;
+          s.word[1] = remaining - cum;
+        }
+        cum += h[b];
+      }
+    }
+    __syncthreads();
+    prefix |= s.word[0] << shift;
+    mask |= 255u << shift;
+    remaining = s.word[1];
+  }
+  t = prefix;
+  need = remaining;
+}
+
+// Selects the min(k, non-zero) largest |Y[e]|, e < E, ties to the lowest index, and writes their
+// indices ascending to out (global memory of this chunk). Returns how many; on return every thread
+// of the block sees out.
+//
+// Fast path (k <= the thread count): thread t keeps m_t, the largest key among its elements. Each
+// of the W warps finds r = ceil(k / W), the r-th largest m_t of its lanes; the smallest of those W
+// values, L, has at least W * r >= k keys >= L (each warp's r largest maxima are keys), so the top k
+// are among the keys >= L. There are usually few more than k of those candidates; when they fit in
+// one per thread, each candidate's rank in (|y| descending, index ascending) order decides, and its
+// position among the selected ones in index order is a count too. Otherwise (k larger than the
+// thread count, very many candidates) a radix select and an ordered compaction run over all E.
+template <class Layout>
+__device__ uint32_t select_chunk(const float* Y, uint32_t E, uint32_t k, SelectSmem& s, uint16_t* out,
+                                 Layout lay) {
+  const unsigned tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  uint32_t m = 0;
+  for (uint32_t e = tid; e < E; e += kThreads) {
+    const uint32_t key = mag_key(Y[e]);
+    m = key > m ? key : m;
+  }
+  uint32_t rth = 0;
+  if (k <= kThreads) {
+    const uint32_t r = (k + kWarps - 1) / kWarps;
+    uint32_t v = m;
+    for (uint32_t it = 0; it < r; ++it) {
+      uint32_t mx = v;
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) {
+        const uint32_t w = __shfl_xor_sync(0xffffffffu, mx, o);
+        mx = w > mx ? w : mx;
+      }
+      rth = mx;
+      const uint32_t holders = __ballot_sync(0xffffffffu, v == mx);
+      if (lane == unsigned(__ffs(holders) - 1)) v = 0;
+    }
+  }
+  if (lane == 0) s.wtot[warp] = rth;
+  if (tid == 0) s.word[4] = 0;
+  __syncthreads();
+  uint32_t lower = 0xFFFFFFFFu;
+  for (unsigned w = 0; w < kWarps; ++w) lower = s.wtot[w] < lower ? s.wtot[w] : lower;
+  if (lower == 0) lower = 1;  // some warp has fewer than r non-zero maxima: every non-zero key is a candidate
+  for (uint32_t e = tid; e < E; e += kThreads) {
+    const uint32_t key = mag_key(Y[e]);
+    if (key != 0 && key >= lower) {
+      const uint32_t pos = atomicAdd(&s.word[4], 1u);
+      if (pos < kCandCap) {
+        s.ckey[pos] = key;
+        s.cidx[pos] = uint16_t(lay.index(e));
+      }
+    }
+  }
+  __syncthreads();
+  // All non-zero keys are candidates when lower == 1, and at least k are otherwise: keff = min(k, C).
+  const uint32_t C = s.word[4];
+  const uint32_t keff = k < C ? k : C;
+  if (keff == 0) return 0;
+
+  if (C <= kCandCap) {
+    bool sel = false;
+    uint32_t key = 0, id = 0;
+    if (tid < C) {
+      key = s.ckey[tid], id = s.cidx[tid];
+      uint32_t rank = 0;
+      for (uint32_t d = 0; d < C; ++d) {
+        const uint32_t kd = s.ckey[d];
+        rank += (kd > key) | ((kd == key) & (s.cidx[d] < id));
+      }
+      sel = rank < keff;
+      s.csel[tid] = sel;
+    }
+    __syncthreads();
+    if (sel) {
+      uint32_t pos = 0;
+      for (uint32_t d = 0; d < C; ++d) pos += s.csel[d] & (s.cidx[d] < id);
+      out[pos] = uint16_t(id);
+    }
+  } else {
+    uint32_t t = 0, need = 0;
+    radix_select([&](uint32_t i) { return mag_key(Y[i]); }, E, keff, s, t, need);
+    uint32_t eq_base = 0, sel_base = 0;
+    for (uint32_t r0 = 0; r0 < E; r0 += kThreads) {
+      const uint32_t e = r0 + tid;
+      const uint32_t key = e < E ? mag_key(Y[lay.slot(e)]) : 0u;
+      uint32_t eq_total = 0, sel_total = 0;
+      const uint32_t eq_rank = eq_base + block_excl_scan(key == t, eq_total, s);
+      const bool sel = key > t || (key == t && eq_rank < need);
+      const uint32_t pos = sel_base + block_excl_scan(sel, sel_total, s);
+      if (sel) out[pos] = uint16_t(e);
+      eq_base += eq_total;
+      sel_base += sel_total;
+    }
+  }
+  __syncthreads();
+  return keff;
+}
+
+// Quantises the selected coefficients Y[slot(idx[q])], q < cnt, into val (quantize_values).
+template <class Layout>
+__device__ void emit_values(const float* Y, const uint16_t* idx, uint32_t cnt, int mode, int8_t* val,
+                            SelectSmem& s, Layout lay) {
+  if (mode == 1) {
+    for (uint32_t q = threadIdx.x; q < cnt; q += kThreads) val[q] = Y[lay.slot(idx[q])] < 0.0f ? int8_t(-1) : int8_t(1);
+    return;
+  }
+  if (threadIdx.x == 0) s.word[5] = 0;
+  __syncthreads();
+  uint32_t mx = 0;
+  for (uint32_t q = threadIdx.x; q < cnt; q += kThreads) {
+    const uint32_t b = __float_as_uint(Y[lay.slot(idx[q])]) & 0x7FFFFFFFu;
+    mx = b > mx ? b : mx;
+  }
+  atomicMax(&s.word[5], mx);
+  __syncthreads();
+  const float mxf = __uint_as_float(s.word[5]);
+  for (uint32_t q = threadIdx.x; q < cnt; q += kThreads) {
+    const double y = double(Y[lay.slot(idx[q])]);
+    const double qd = mxf > 0.0f ? __ddiv_rn(__dmul_rn(127.0, y), double(mxf)) : 0.0;
+    long long r = llround(qd);
+    r = r < -127 ? -127 : (r > 127 ? 127 : r);
+    val[q] = int8_t(r);
+  }
+  __syncthreads();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The 64x64 kernel. Thread (ty, tx) = (tid / 16, tid % 16) owns rows ty + 16a and columns
+// 4tx..4tx+3 of X (float4 loads and stores of grad and delta), rows ty + 16a of T = X B2, and rows
+// 4ty + a of Y = B^T T, each time a 4x4 register tile; operands come from shared memory as float4.
+
+constexpr int kXs = 68;  // padded row stride of X: rows ty and ty + 1 fall in different banks
+constexpr int kWs = 36;  // row stride of W in the feedback (32 terms + pad)
+
+struct Smem64 {
+  float xs[64 * kXs];  // X (stride kXs), then Y (stride 64)
+  float t1[64 * kXs];  // T (stride 64), then the feedback's W (64 x kWs) and V (32 x 64)
+  float b[64 * 64];    // the basis, row-major B[i][f]
+  SelectSmem sel;
+};
+
+__global__ void __launch_bounds__(kThreads, 3) compress64_kernel(const CompressLaunch p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  Smem64& sm = *reinterpret_cast<Smem64*>(smem_raw);
+  const unsigned tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+  for (unsigned e = tid * 4; e < 64 * 64; e += kThreads * 4)
+    *reinterpret_cast<float4*>(&sm.b[e]) = __ldg(reinterpret_cast<const float4*>(p.b1 + e));
+  __syncthreads();
+
+  for (uint64_t c = blockIdx.x; c < p.shape.chunks; c += gridDim.x) {
+    const uint64_t origin = chunk_origin(p.shape, c);
+    const uint64_t cols = p.shape.cols;
+
+    if (c + gridDim.x < p.shape.chunks) {  // the next chunk's inputs into L2 meanwhile
+      const uint64_t nx = chunk_origin(p.shape, c + gridDim.x);
+#pragma unroll
+      for (int a = 0; a < 4; ++a) {
+        prefetch_l2(p.grad + nx + uint64_t(ty + 16 * a) * cols + 4 * tx);
+        prefetch_l2(p.delta + nx + uint64_t(ty + 16 * a) * cols + 4 * tx);
+      }
+    }
+
+    // 1. Momentum, kept in registers until the feedback.
+    float x[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+      const uint64_t o = origin + uint64_t(ty + 16 * a) * cols + 4 * tx;
+      const float4 g = __ldg(reinterpret_cast<const float4*>(p.grad + o));
+      const float4 d = *reinterpret_cast<const float4*>(p.delta + o);
+      x[a][0] = momentum(p.beta, d.x, p.lr, g.x);
+      x[a][1] = momentum(p.beta, d.y, p.lr, g.y);
+      x[a][2] = momentum(p.beta, d.z, p.lr, g.z);
+      x[a][3] = momentum(p.beta, d.w, p.lr, g.w);
+      *reinterpret_cast<float4*>(&sm.xs[(ty + 16 * a) * kXs + 4 * tx]) =
+          make_float4(x[a][0], x[a][1], x[a][2], x[a][3]);
+    }
+    __syncthreads();
+
+    // 2a. T[i][f] = sum_j X[i][j] B[j][f].
+    float acc[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+#pragma unroll
+      for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;
+#pragma unroll 2
+    for (int j0 = 0; j0 < 64; j0 += 4) {
+      float4 A[4];
+#pragma unroll
+      for (int a = 0; a < 4; ++a) A[a] = *reinterpret_cast<const float4*>(&sm.xs[(ty + 16 * a) * kXs + j0]);
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) {
+        const float4 B = *reinterpret_cast<const float4*>(&sm.b[(j0 + jj) * 64 + 4 * tx]);
+#pragma unroll
+        for (int a = 0; a < 4; ++a) {
+          const float av = comp(A[a], jj);
+          acc[a][0] = __fmaf_rn(av, B.x, acc[a][0]);
+          acc[a][1] = __fmaf_rn(av, B.y, acc[a][1]);
+          acc[a][2] = __fmaf_rn(av, B.z, acc[a][2]);
+          acc[a][3] = __fmaf_rn(av, B.w, acc[a][3]);
+        }
+      }
+    }
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+      *reinterpret_cast<float4*>(&sm.t1[(ty + 16 * a) * 64 + 4 * tx]) =
+          make_float4(acc[a][0], acc[a][1], acc[a][2], acc[a][3]);
+    __syncthreads();
+
+    // 2b. Y[f1][f2] = sum_i B[i][f1] T[i][f2], rows f1 = 4ty + a.
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+#pragma unroll
+      for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;
+#pragma unroll 4
+    for (int i = 0; i < 64; ++i) {
+      const float4 A = *reinterpret_cast<const float4*>(&sm.b[i * 64 + 4 * ty]);
+      const float4 B = *reinterpret_cast<const float4*>(&sm.t1[i * 64 + 4 * tx]);
+#pragma unroll
+      for (int a = 0; a < 4; ++a) {
+        const float av = comp(A, a);
+        acc[a][0] = __fmaf_rn(av, B.x, acc[a][0]);
+        acc[a][1] = __fmaf_rn(av, B.y, acc[a][1]);
+        acc[a][2] = __fmaf_rn(av, B.z, acc[a][2]);
+        acc[a][3] = __fmaf_rn(av, B.w, acc[a][3]);
+      }
+    }
+    float* Y = sm.xs;
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+      *reinterpret_cast<float4*>(&Y[(4 * ty + a) * 64 + 4 * tx]) =
+          make_float4(acc[a][0], acc[a][1], acc[a][2], acc[a][3]);
+    __syncthreads();
+
+    // 3-4. Selection and values.
+    uint16_t* out_idx = p.index + c * p.k;
+    const uint32_t cnt = select_chunk(Y, 64 * 64, p.k, sm.sel, out_idx, Linear{});
+    emit_values(Y, out_idx, cnt, p.value_mode, p.value + c * p.k, sm.sel, Linear{});
+    if (tid == 0) p.count[c] = uint16_t(cnt);
+
+    // 5. Feedback: X -= W V with W[i][s] = B[i][f1_s] y_s and V[s][j] = B[j][f2_s], 32 terms at a time.
+    float fb[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+#pragma unroll
+      for (int b = 0; b < 4; ++b) fb[a][b] = 0.0f;
+    float* W = sm.t1;
+    float* V = sm.t1 + 64 * kWs;
+    for (uint32_t s0 = 0; s0 < cnt; s0 += 32) {
+      const uint32_t ns = cnt - s0 < 32 ? cnt - s0 : 32, nsr = (ns + 3) & ~3u;
+      for (uint32_t e = tid; e < 64 * nsr; e += kThreads) {
+        const uint32_t s = e >> 6, i = e & 63;
+        float w = 0.0f, v = 0.0f;
+        if (s < ns) {
+          const uint32_t id = out_idx[s0 + s];
+          w = __fmul_rn(__ldg(p.b1t + (id >> 6) * 64 + i), Y[id]);
+          v = __ldg(p.b2t + (id & 63) * 64 + i);
+        }
+        W[i * kWs + s] = w;
+        V[s * 64 + i] = v;
+      }
+      __syncthreads();
+      for (uint32_t s4 = 0; s4 < nsr; s4 += 4) {
+        float4 A[4];
+#pragma unroll
+        for (int a = 0; a < 4; ++a) A[a] = *reinterpret_cast<const float4*>(&W[(ty + 16 * a) * kWs + s4]);
+#pragma unroll
+        for (int ss = 0; ss < 4; ++ss) {
+          const float4 B = *reinterpret_cast<const float4*>(&V[(s4 + ss) * 64 + 4 * tx]);
+#pragma unroll
+          for (int a = 0; a < 4; ++a) {
+            const float av = comp(A[a], ss);
+            fb[a][0] = __fmaf_rn(av, B.x, fb[a][0]);
+            fb[a][1] = __fmaf_rn(av, B.y, fb[a][1]);
+            fb[a][2] = __fmaf_rn(av, B.z, fb[a][2]);
+            fb[a][3] = __fmaf_rn(av, B.w, fb[a][3]);
+          }
+        }
+      }
+      __syncthreads();
+    }
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+      const uint64_t o = origin + uint64_t(ty + 16 * a) * cols + 4 * tx;
+      *reinterpret_cast<float4*>(p.delta + o) =
+          make_float4(__fsub_rn(x[a][0], fb[a][0]), __fsub_rn(x[a][1], fb[a][1]),
+                      __fsub_rn(x[a][2], fb[a][2]), __fsub_rn(x[a][3], fb[a][3]));
+    }
+    __syncthreads();  // Y and the selection's shared memory are reused by the next chunk
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The folded 64x64 kernel (the default for 64x64 chunks). The DCT-II basis is even or odd about its
+// middle: B[63 - i][f] = (-1)^f B[i][f]. Folding X into four 32x32 quadrant sums
+//   X^{pq}[i][j] = X[i][j] + (-1)^q X[i][63-j] + (-1)^p X[63-i][j] + (-1)^(p+q) X[63-i][63-j]
+// gives Y[2m1 + p][2m2 + q] = sum_{i,j < 32} B[i][2m1 + p] X^{pq}[i][j] B[j][2m2 + q]: four 32x32
+// transforms, half the multiply-adds and shared-memory reads of the plain kernel. Y is kept
+// quadrant-major (Quad64 below); the selection reports true coefficient indices.
+//
+// Thread t loads and stores rows r = t / 8 and 63 - r, columns 4c..4c+3 and their mirrors
+// 60-4c..63-4c (c = t % 8): exactly the four elements of each fold, in float4s. For the transforms
+// the block splits into four quadrants of 64 threads (two warps), each thread a 4x4 tile.
+
+struct Quad64 {
+  __device__ uint32_t slot(uint32_t index) const {
+    const uint32_t f1 = index >> 6, f2 = index & 63;
+    return ((((f1 & 1) << 1) | (f2 & 1)) << 10) | ((f1 >> 1) << 5) | (f2 >> 1);
+  }
+  __device__ uint32_t index(uint32_t slot) const {
+    const uint32_t quad = slot >> 10, m1 = (slot >> 5) & 31, m2 = slot & 31;
+    return ((2 * m1 + (quad >> 1)) << 6) | (2 * m2 + (quad & 1));
+  }
+};
+
+constexpr int kFs = 36;  // row stride of the folded quadrants and of the feedback's W and V
+
+struct SmemF {
+  float xf[4 * 32 * kFs];  // X^{pq} (quadrant pq = 2p + q, stride kFs); then Y, quadrant-major
+  float t[4 * 32 * 32];    // T^{pq} = X^{pq} B_q (stride 32); then the feedback's W, V and signs
+  float bp[2 * 32 * 32];   // B_p[i][m] = B[i][2m + p], i < 32
+  SelectSmem sel;
+};
+
+__device__ __forceinline__ float4 f4(float a, float b, float c, float d) { return make_float4(a, b, c, d); }
+
+// The momentum of the 16 elements thread (r, c) of the folded kernel owns: x[g][d] for
+// g = (r, j), (r, 63 - j), (63 - r, j), (63 - r, 63 - j), j = 4c + d (o0, o1: rows r and 63 - r).
+__device__ __forceinline__ void momentum_mirrors(const CompressLaunch& p, uint64_t o0, uint64_t o1, unsigned c,
+                                                 float (&x)[4][4]) {
+  const float4 g0 = __ldg(reinterpret_cast<const float4*>(p.grad + o0 + 4 * c));
+  const float4 g1 = __ldg(reinterpret_cast<const float4*>(p.grad + o0 + 60 - 4 * c));
+  const float4 g2 = __ldg(reinterpret_cast<const float4*>(p.grad + o1 + 4 * c));
+  const float4 g3 = __ldg(reinterpret_cast<const float4*>(p.grad + o1 + 60 - 4 * c));
+  const float4 d0 = *reinterpret_cast<const float4*>(p.delta + o0 + 4 * c);
+  const float4 d1 = *reinterpret_cast<const float4*>(p.delta + o0 + 60 - 4 * c);
+  const float4 d2 = *reinterpret_cast<const float4*>(p.delta + o1 + 4 * c);
+  const float4 d3 = *reinterpret_cast<const float4*>(p.delta + o1 + 60 - 4 * c);
+#pragma unroll
+  for (int d = 0; d < 4; ++d) {
+    x[0][d] = momentum(p.beta, comp(d0, d), p.lr, comp(g0, d));
+    x[1][d] = momentum(p.beta, comp(d1, 3 - d), p.lr, comp(g1, 3 - d));
+    x[2][d] = momentum(p.beta, comp(d2, d), p.lr, comp(g2, d));
+    x[3][d] = momentum(p.beta, comp(d3, 3 - d), p.lr, comp(g3, 3 - d));
+  }
+}
+
+// KeepX: keep the momentum in registers from the load to the feedback (80 registers, 3 blocks per
+// SM) instead of recomputing it from its inputs, then in L2, at the end (64 registers, 4 blocks per
+// SM, the default). DISTRO_CUDA_DCT_KEEPX=1 selects the former (A/B timing).
+template <bool KeepX>
+__global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(const CompressLaunch p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  SmemF& sm = *reinterpret_cast<SmemF*>(smem_raw);
+  const unsigned tid = threadIdx.x;
+  for (unsigned e = tid; e < 2 * 32 * 32; e += kThreads) {
+    const unsigned par = e >> 10, i = (e >> 5) & 31, m = e & 31;
+    sm.bp[e] = __ldg(p.b1 + i * 64 + 2 * m + par);
+  }
+  __syncthreads();
+  const unsigned r = tid >> 3, c = tid & 7;                          // loads, fold, feedback, stores
+  const unsigned quad = tid >> 6, qy = (tid & 63) >> 3, qx = tid & 7;  // transforms
+  const unsigned qp = quad >> 1, qq = quad & 1;
+  const uint64_t cols = p.shape.cols;
+
+  for (uint64_t ch = blockIdx.x; ch < p.shape.chunks; ch += gridDim.x) {
+    const uint64_t origin = chunk_origin(p.shape, ch);
+    const uint64_t o0 = origin + uint64_t(r) * cols, o1 = origin + uint64_t(63 - r) * cols;
+
+    // The next chunk's gradient and momentum are fetched into L2 while this one is computed.
+    if (ch + gridDim.x < p.shape.chunks) {
+      const uint64_t nx = chunk_origin(p.shape, ch + gridDim.x);
+      const uint64_t n0 = nx + uint64_t(r) * cols, n1 = nx + uint64_t(63 - r) * cols;
+      prefetch_l2(p.grad + n0 + 4 * c), prefetch_l2(p.grad + n0 + 60 - 4 * c);
+      prefetch_l2(p.grad + n1 + 4 * c), prefetch_l2(p.grad + n1 + 60 - 4 * c);
+      prefetch_l2(p.delta + n0 + 4 * c), prefetch_l2(p.delta + n0 + 60 - 4 * c);
+      prefetch_l2(p.delta + n1 + 4 * c), prefetch_l2(p.delta + n1 + 60 - 4 * c);
+    }
+
+    // 1. Momentum, folded into the four quadrants.
+    float x[4][4];
+    momentum_mirrors(p, o0, o1, c, x);
+    {
+      float q00[4], q01[4], q10[4], q11[4];
+#pragma unroll
+      for (int d = 0; d < 4; ++d) {
+        const float s0 = __fadd_rn(x[0][d], x[1][d]), e0 = __fsub_rn(x[0][d], x[1][d]);
+        const float s1 = __fadd_rn(x[2][d], x[3][d]), e1 = __fsub_rn(x[2][d], x[3][d]);
+        q00[d] = __fadd_rn(s0, s1);
+        q01[d] = __fadd_rn(e0, e1);
+        q10[d] = __fsub_rn(s0, s1);
+        q11[d] = __fsub_rn(e0, e1);
+      }
+      *reinterpret_cast<float4*>(&sm.xf[(0 * 32 + r) * kFs + 4 * c]) = f4(q00[0], q00[1], q00[2], q00[3]);
+      *reinterpret_cast<float4*>(&sm.xf[(1 * 32 + r) * kFs + 4 * c]) = f4(q01[0], q01[1], q01[2], q01[3]);
+      *reinterpret_cast<float4*>(&sm.xf[(2 * 32 + r) * kFs + 4 * c]) = f4(q10[0], q10[1], q10[2], q10[3]);
+      *reinterpret_cast<float4*>(&sm.xf[(3 * 32 + r) * kFs + 4 * c]) = f4(q11[0], q11[1], q11[2], q11[3]);
+    }
+    __syncthreads();
+
+    // 2a. T^{pq}[i][m2] = sum_{j < 32} X^{pq}[i][j] B_q[j][m2]; rows i = qy + 8a, columns m2 = 4qx + b.
+    float acc[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+#pragma unroll
+      for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;
+    {
+      const float* X = sm.xf + quad * 32 * kFs;
+      const float* Bq = sm.bp + qq * 1024;
+#pragma unroll 2
+      for (int j0 = 0; j0 < 32; j0 += 4) {
+        float4 A[4];
+#pragma unroll
+        for (int a = 0; a < 4; ++a) A[a] = *reinterpret_cast<const float4*>(&X[(qy + 8 * a) * kFs + j0]);
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) {
+          const float4 B = *reinterpret_cast<const float4*>(&Bq[(j0 + jj) * 32 + 4 * qx]);
+#pragma unroll
+          for (int a = 0; a < 4; ++a) {
+            const float av = comp(A[a], jj);
+            acc[a][0] = __fmaf_rn(av, B.x, acc[a][0]);
+            acc[a][1] = __fmaf_rn(av, B.y, acc[a][1]);
+            acc[a][2] = __fmaf_rn(av, B.z, acc[a][2]);
+            acc[a][3] = __fmaf_rn(av, B.w, acc[a][3]);
+          }
+        }
+      }
+      float* T = sm.t + quad * 1024;
+#pragma unroll
+      for (int a = 0; a < 4; ++a)
+        *reinterpret_cast<float4*>(&T[(qy + 8 * a) * 32 + 4 * qx]) = f4(acc[a][0], acc[a][1], acc[a][2], acc[a][3]);
+    }
+    __syncthreads();
+
+    // 2b. Y^{pq}[m1][m2] = sum_{i < 32} B_p[i][m1] T^{pq}[i][m2]; rows m1 = 4qy + a.
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+#pragma unroll
+      for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;
+    {
+      const float* Bp = sm.bp + qp * 1024;
+      const float* T = sm.t + quad * 1024;
+#pragma unroll 4
+      for (int i = 0; i < 32; ++i) {
+        const float4 A = *reinterpret_cast<const float4*>(&Bp[i * 32 + 4 * qy]);
+        const float4 B = *reinterpret_cast<const float4*>(&T[i * 32 + 4 * qx]);
+#pragma unroll
+        for (int a = 0; a < 4; ++a) {
+          const float av = comp(A, a);
+          acc[a][0] = __fmaf_rn(av, B.x, acc[a][0]);
+          acc[a][1] = __fmaf_rn(av, B.y, acc[a][1]);
+          acc[a][2] = __fmaf_rn(av, B.z, acc[a][2]);
+          acc[a][3] = __fmaf_rn(av, B.w, acc[a][3]);
+        }
+      }
+    }
+    float* Y = sm.xf;
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+      *reinterpret_cast<float4*>(&Y[quad * 1024 + (4 * qy + a) * 32 + 4 * qx]) =
+          f4(acc[a][0], acc[a][1], acc[a][2], acc[a][3]);
+    __syncthreads();
+
+    // 3-4. Selection and values.
+    uint16_t* out_idx = p.index + ch * p.k;
+    const uint32_t cnt = select_chunk(Y, 64 * 64, p.k, sm.sel, out_idx, Quad64{});
+    emit_values(Y, out_idx, cnt, p.value_mode, p.value + ch * p.k, sm.sel, Quad64{});
+    if (tid == 0) p.count[ch] = uint16_t(cnt);
+
+    // 5. Feedback, folded like the transform. A selected coefficient (f1, f2, y) of parity class
+    // q = 2 (f1 & 1) + (f2 & 1) adds w v with w = B[i][f1] y, v = B[j][f2] to G_q[i][j] (i, j < 32);
+    // with a = G0 + G2, b = G1 + G3, e = G0 - G2, f = G1 - G3 the element (r, j) gets a + b,
+    // (r, 63 - j) a - b, (63 - r, j) e + f and (63 - r, 63 - j) e - f (B[63 - i][f] = (-1)^f B[i][f]).
+    // Terms are sorted by class (32 at a time), so each costs one multiply-add per element quad.
+    float gq[4][4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+#pragma unroll
+      for (int d = 0; d < 4; ++d) gq[q][d] = 0.0f;
+    float* W = sm.t;                                               // W[i][slot], i < 32, stride kFs
+    float* V = sm.t + 32 * kFs;                                    // V[slot][j], j < 32, stride kFs
+    uint32_t* cb = reinterpret_cast<uint32_t*>(sm.t + 64 * kFs);  // class bounds [5], then slot of each term [32]
+    for (uint32_t s0 = 0; s0 < cnt; s0 += 32) {
+      const uint32_t ns = cnt - s0 < 32 ? cnt - s0 : 32;
+      if (tid < 32) {
+        uint32_t cls = 4;
+        if (tid < ns) {
+          const uint32_t id = out_idx[s0 + tid];
+          cls = (((id >> 6) & 1u) << 1) | (id & 1u);
+        }
+        uint32_t base = 0, slot = 0;
+#pragma unroll
+        for (uint32_t q = 0; q < 4; ++q) {
+          const uint32_t m = __ballot_sync(0xffffffffu, cls == q);
+          if (cls == q) slot = base + __popc(m & ((1u << tid) - 1u));
+          if (tid == 0) cb[q] = base;
+          base += __popc(m);
+        }
+        if (tid == 0) cb[4] = base;
+        if (tid < ns) cb[5 + tid] = slot;
+      }
+      __syncthreads();
+      for (uint32_t e = tid; e < 32 * ns; e += kThreads) {
+        const uint32_t s = e >> 5, i = e & 31;
+        const uint32_t id = out_idx[s0 + s], slot = cb[5 + s];
+        W[i * kFs + slot] = __fmul_rn(__ldg(p.b1t + (id >> 6) * 64 + i), Y[Quad64{}.slot(id)]);
+        V[slot * kFs + i] = __ldg(p.b2t + (id & 63) * 64 + i);
+      }
+      __syncthreads();
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const uint32_t end = cb[q + 1];
+        for (uint32_t slot = cb[q]; slot < end; ++slot) {
+          const float w = W[r * kFs + slot];
+          const float4 Vv = *reinterpret_cast<const float4*>(&V[slot * kFs + 4 * c]);
+          gq[q][0] = __fmaf_rn(w, Vv.x, gq[q][0]);
+          gq[q][1] = __fmaf_rn(w, Vv.y, gq[q][1]);
+          gq[q][2] = __fmaf_rn(w, Vv.z, gq[q][2]);
+          gq[q][3] = __fmaf_rn(w, Vv.w, gq[q][3]);
+        }
+      }
+      __syncthreads();
+    }
+    // Unless kept, the momentum again from the same inputs (still in L2): the same bits as before.
+    if constexpr (!KeepX) momentum_mirrors(p, o0, o1, c, x);
+    float out[4][4];
+#pragma unroll
+    for (int d = 0; d < 4; ++d) {
+      const float a = __fadd_rn(gq[0][d], gq[2][d]), b = __fadd_rn(gq[1][d], gq[3][d]);
+      const float e = __fsub_rn(gq[0][d], gq[2][d]), f = __fsub_rn(gq[1][d], gq[3][d]);
+      out[0][d] = __fsub_rn(x[0][d], __fadd_rn(a, b));
+      out[1][d] = __fsub_rn(x[1][d], __fsub_rn(a, b));
+      out[2][d] = __fsub_rn(x[2][d], __fadd_rn(e, f));
+      out[3][d] = __fsub_rn(x[3][d], __fsub_rn(e, f));
+    }
+    *reinterpret_cast<float4*>(p.delta + o0 + 4 * c) = f4(out[0][0], out[0][1], out[0][2], out[0][3]);
+    *reinterpret_cast<float4*>(p.delta + o0 + 60 - 4 * c) = f4(out[1][3], out[1][2], out[1][1], out[1][0]);
+    *reinterpret_cast<float4*>(p.delta + o1 + 4 * c) = f4(out[2][0], out[2][1], out[2][2], out[2][3]);
+    *reinterpret_cast<float4*>(p.delta + o1 + 60 - 4 * c) = f4(out[3][3], out[3][2], out[3][1], out[3][0]);
+    __syncthreads();  // Y and the selection's shared memory are reused by the next chunk
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The generic kernel: any n1, n2 in 1..256. X, T and Y (n1 x n2 each) live in dynamic shared
+// memory when they fit in kGenericSmemFloats, else in this block's slice of the global workspace.
+// Bases are read through the read-only cache.
+
+__global__ void __launch_bounds__(kThreads) compress_generic_kernel(const CompressLaunch p, int in_smem) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ SelectSmem sel;
+  const uint32_t n1 = p.shape.n1, n2 = p.shape.n2, E = n1 * n2;
+  float* ws = in_smem ? reinterpret_cast<float*>(smem_raw) : p.workspace + uint64_t(blockIdx.x) * 3ull * E;
+  float* X = ws;
+  float* T = ws + E;
+  float* Y = ws + 2 * E;
+  const uint64_t cols = p.shape.cols;
+
+  for (uint64_t c = blockIdx.x; c < p.shape.chunks; c += gridDim.x) {
+    const uint64_t origin = chunk_origin(p.shape, c);
+    for (uint32_t e = threadIdx.x; e < E; e += kThreads) {
+      const uint64_t o = origin + uint64_t(e / n2) * cols + e % n2;
+      X[e] = momentum(p.beta, p.delta[o], p.lr, __ldg(p.grad + o));
+    }
+    __syncthreads();
+    for (uint32_t e = threadIdx.x; e < E; e += kThreads) {
+      const uint32_t i = e / n2, f = e % n2;
+      float s = 0.0f;
+      for (uint32_t j = 0; j < n2; ++j) s = __fmaf_rn(X[i * n2 + j], __ldg(p.b2 + j * n2 + f), s);
+      T[e] = s;
+    }
+    __syncthreads();
+    for (uint32_t e = threadIdx.x; e < E; e += kThreads) {
+      const uint32_t f1 = e / n2, f2 = e % n2;
+      float s = 0.0f;
+      for (uint32_t i = 0; i < n1; ++i) s = __fmaf_rn(__ldg(p.b1 + i * n1 + f1), T[i * n2 + f2], s);
+      Y[e] = s;
+    }
+    __syncthreads();
+
+    uint16_t* out_idx = p.index + c * p.k;
+    const uint32_t cnt = select_chunk(Y, E, p.k, sel, out_idx, Linear{});
+    emit_values(Y, out_idx, cnt, p.value_mode, p.value + c * p.k, sel, Linear{});
+    if (threadIdx.x == 0) p.count[c] = uint16_t(cnt);
+
+    for (uint32_t e = threadIdx.x; e < E; e += kThreads) {
+      const uint32_t i = e / n2, j = e % n2;
+      float acc = 0.0f;
+      for (uint32_t s = 0; s < cnt; ++s) {
+        const uint32_t id = out_idx[s];
+        const float w = __fmul_rn(__ldg(p.b1 + i * n1 + id / n2), Y[id]);
+        acc = __fmaf_rn(w, __ldg(p.b2 + j * n2 + id % n2), acc);
+      }
+      p.delta[origin + uint64_t(i) * cols + j] = __fsub_rn(X[e], acc);
+    }
+    __syncthreads();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// first_nonfinite_momentum: each thread walks its indices upward and reports its first offender;
+// the minimum over threads is the lowest offending index.
+
+__global__ void __launch_bounds__(kThreads) nonfinite_kernel(const float* __restrict__ delta,
+                                                             const float* __restrict__ grad, float beta,
+                                                             float lr, uint64_t n,
+                                                             unsigned long long* __restrict__ out) {
+  const uint64_t stride = uint64_t(gridDim.x) * blockDim.x;
+  for (uint64_t i = uint64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const float g = __ldg(grad + i);
+    if (!finite_bits(g) || !finite_bits(momentum(beta, __ldg(delta + i), lr, g))) {
+      atomicMin(out, (unsigned long long)i);
+      return;
+    }
+  }
+}
+
+// Same, four elements per thread step through 16-byte loads (both pointers 16-byte aligned).
+__global__ void __launch_bounds__(kThreads) nonfinite4_kernel(const float4* __restrict__ delta,
+                                                              const float4* __restrict__ grad, float beta,
+                                                              float lr, uint64_t quads,
+                                                              unsigned long long* __restrict__ out) {
+  const uint64_t stride = uint64_t(gridDim.x) * blockDim.x;
+  for (uint64_t q = uint64_t(blockIdx.x) * blockDim.x + threadIdx.x; q < quads; q += stride) {
+    const float4 g = __ldg(grad + q), d = __ldg(delta + q);
+    const float gs[4] = {g.x, g.y, g.z, g.w}, ds[4] = {d.x, d.y, d.z, d.w};
+#pragma unroll
+    for (int m = 0; m < 4; ++m)
+      if (!finite_bits(gs[m]) || !finite_bits(momentum(beta, ds[m], lr, gs[m]))) {
+        atomicMin(out, (unsigned long long)(4 * q + m));
+        return;
+      }
+  }
+}
+
+}  // namespace
+
+cudaError_t plan_compress(const CompressLaunch& L, unsigned sm_count, CompressPlan* plan) {
+  CompressPlan out;
+  const ChunkShape& s = L.shape;
+  const uint64_t E = uint64_t(s.n1) * s.n2;
+  const unsigned sms = sm_count ? sm_count : 1;
+  const bool aligned = (reinterpret_cast<uintptr_t>(L.grad) % 16 == 0) &&
+                       (reinterpret_cast<uintptr_t>(L.delta) % 16 == 0);
+  int per_sm = 0;
+  // DISTRO_CUDA_DCT_FOLD=0 selects the plain 64x64 kernel instead of the folded one (A/B timing).
+  const char* fold_env = std::getenv("DISTRO_CUDA_DCT_FOLD");
+  const bool fold = !(fold_env && fold_env[0] == '0');
+  const char* keep_env = std::getenv("DISTRO_CUDA_DCT_KEEPX");
+  const bool keep = keep_env && keep_env[0] == '1';
+  if (s.n1 == 64 && s.n2 == 64 && aligned && fold) {
+    out.kernel = keep ? 4 : 3;
+    out.smem = sizeof(SmemF);
+    auto* kern = keep ? compress64f_kernel<true> : compress64f_kernel<false>;
+    cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(out.smem));
+    if (err != cudaSuccess) return err;
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, kThreads, out.smem);
+    if (err != cudaSuccess) return err;
+  } else if (s.n1 == 64 && s.n2 == 64 && aligned) {
+    out.kernel = 1;
+    out.smem = sizeof(Smem64);
+    cudaError_t err = cudaFuncSetAttribute(compress64_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           int(out.smem));
+    if (err != cudaSuccess) return err;
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, compress64_kernel, kThreads, out.smem);
+    if (err != cudaSuccess) return err;
+  } else {
+    out.kernel = 2;
+    if (3 * E <= kGenericSmemFloats) {
+      out.smem = size_t(3 * E) * sizeof(float);
+      cudaError_t err =
+          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, compress_generic_kernel, kThreads, out.smem);
+      if (err != cudaSuccess) return err;
+    } else {
+      out.smem = 0;
+      per_sm = 1;
+    }
+  }
+  if (per_sm < 1) per_sm = 1;
+  const uint64_t want = uint64_t(sms) * unsigned(per_sm);
+  out.grid = unsigned(s.chunks < want ? (s.chunks ? s.chunks : 1) : want);
+  if (out.kernel == 2 && out.smem == 0) out.workspace_floats = uint64_t(out.grid) * 3 * E;
+  *plan = out;
+  return cudaSuccess;
+}
+
+cudaError_t launch_compress(const CompressLaunch& L, const CompressPlan& plan, cudaStream_t stream) {
+  if (L.shape.chunks == 0) return cudaSuccess;
+  if (plan.kernel == 3)
+    compress64f_kernel<false><<<plan.grid, kThreads, plan.smem, stream>>>(L);
+  else if (plan.kernel == 4)
+    compress64f_kernel<true><<<plan.grid, kThreads, plan.smem, stream>>>(L);
+  else if (plan.kernel == 1)
+    compress64_kernel<<<plan.grid, kThreads, plan.smem, stream>>>(L);
+  else
+    compress_generic_kernel<<<plan.grid, kThreads, plan.smem, stream>>>(L, plan.smem > 0 ? 1 : 0);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_first_nonfinite(const float* delta, const float* grad, float beta, float lr, uint64_t n,
+                                   unsigned long long* out, unsigned max_blocks, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  if (max_blocks == 0) max_blocks = 1;
+  const bool aligned = reinterpret_cast<uintptr_t>(delta) % 16 == 0 && reinterpret_cast<uintptr_t>(grad) % 16 == 0;
+  if (aligned && n % 4 == 0) {
+    const uint64_t quads = n / 4, want = (quads + kThreads - 1) / kThreads;
+    const unsigned blocks = unsigned(want < max_blocks ? want : max_blocks);
+    nonfinite4_kernel<<<blocks, kThreads, 0, stream>>>(reinterpret_cast<const float4*>(delta),
+                                                       reinterpret_cast<const float4*>(grad), beta, lr, quads, out);
+  } else {
+    const uint64_t want = (n + kThreads - 1) / kThreads;
+    const unsigned blocks = unsigned(want < max_blocks ? want : max_blocks);
+    nonfinite_kernel<<<blocks, kThreads, 0, stream>>>(delta, grad, beta, lr, n, out);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace distro::cuda
