@@ -16,6 +16,11 @@ shift 2
 out=build/convergence/$preset
 mkdir -p "$out" docs
 [[ -s data/kjv.txt ]] || tools/prepare_data.sh data/kjv.txt
+if ! /usr/bin/python3 -c "import matplotlib" 2>/dev/null; then
+  echo "convergence: the plot needs Debian's python3-matplotlib (apt-get install python3-matplotlib)" >&2
+  exit 1
+fi
+[[ -x build/bin/distro ]] || { echo "convergence: build first (./quickstart run)" >&2; exit 1; }
 
 common=(--data data/kjv.txt --preset "$preset" --peers 4 --steps "$steps" --batch 8 --seq 128 --seed 1
         --eval-every $((steps / 20 > 0 ? steps / 20 : 1)) --eval-batches 16 --quiet)
