@@ -158,15 +158,18 @@ __device__ void radix_select(Get get, uint32_t n, uint32_t k, SelectSmem& s, uin
 // one per thread, each candidate's rank in (|y| descending, index ascending) order decides, and its
 // position among the selected ones in index order is a count too. Otherwise (k larger than the
 // thread count, very many candidates) a radix select and an ordered compaction run over all E.
-template <class Layout>
-__device__ uint32_t select_chunk(const float* Y, uint32_t E, uint32_t k, SelectSmem& s, uint16_t* out,
-                                 Layout lay) {
+//
+// Owned1 / Owned2: owned(f) calls f(key, slot) for every element this thread owns in the fast
+// path, before and after the first barrier (any partition of the E slots among the threads, the
+// same in both; select_chunk below: slot tid + kThreads * n, read from Y; the folded kernel: its 16
+// transform results, from registers, then its own slots of Y). Y must be complete in shared memory
+// only from the first barrier inside on (the slow path and the callers read it).
+template <class Layout, class Owned1, class Owned2>
+__device__ __forceinline__ uint32_t select_chunk_owned(const float* Y, uint32_t E, uint32_t k, SelectSmem& s,
+                                                      uint16_t* out, Layout lay, Owned1 owned1, Owned2 owned2) {
   const unsigned tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   uint32_t m = 0;
-  for (uint32_t e = tid; e < E; e += kThreads) {
-    const uint32_t key = mag_key(Y[e]);
-    m = key > m ? key : m;
-  }
+  owned1([&](uint32_t key, uint32_t) { m = key > m ? key : m; });
   uint32_t rth = 0;
   if (k <= kThreads) {
     const uint32_t r = (k + kWarps - 1) / kWarps;
@@ -189,8 +192,7 @@ __device__ uint32_t select_chunk(const float* Y, uint32_t E, uint32_t k, SelectS
   uint32_t lower = 0xFFFFFFFFu;
   for (unsigned w = 0; w < kWarps; ++w) lower = s.wtot[w] < lower ? s.wtot[w] : lower;
   if (lower == 0) lower = 1;  // some warp has fewer than r non-zero maxima: every non-zero key is a candidate
-  for (uint32_t e = tid; e < E; e += kThreads) {
-    const uint32_t key = mag_key(Y[e]);
+  owned2([&](uint32_t key, uint32_t e) {
     if (key != 0 && key >= lower) {
       const uint32_t pos = atomicAdd(&s.word[4], 1u);
       if (pos < kCandCap) {
@@ -198,14 +200,34 @@ __device__ uint32_t select_chunk(const float* Y, uint32_t E, uint32_t k, SelectS
         s.cidx[pos] = uint16_t(lay.index(e));
       }
     }
-  }
+  });
   __syncthreads();
   // All non-zero keys are candidates when lower == 1, and at least k are otherwise: keff = min(k, C).
   const uint32_t C = s.word[4];
   const uint32_t keff = k < C ? k : C;
   if (keff == 0) return 0;
 
-  if (C <= kCandCap) {
+  if (C <= 32) {
+    // Few candidates (the usual case for small k): one warp ranks and places them with shuffles and
+    // a ballot, no block barrier in between.
+    if (warp == 0) {
+      const bool valid = lane < C;
+      const uint32_t key = valid ? s.ckey[lane] : 0u, id = valid ? uint32_t(s.cidx[lane]) : 0xFFFFu;
+      uint32_t rank = 0;
+      for (uint32_t d = 0; d < C; ++d) {
+        const uint32_t kd = __shfl_sync(0xffffffffu, key, d), idd = __shfl_sync(0xffffffffu, id, d);
+        rank += (kd > key) | ((kd == key) & (idd < id));
+      }
+      const bool sel = valid && rank < keff;
+      const uint32_t selm = __ballot_sync(0xffffffffu, sel);
+      uint32_t pos = 0;
+      for (uint32_t d = 0; d < C; ++d) {
+        const uint32_t idd = __shfl_sync(0xffffffffu, id, d);
+        pos += ((selm >> d) & 1u) & (idd < id);
+      }
+      if (sel) out[pos] = uint16_t(id);
+    }
+  } else if (C <= kCandCap) {
     bool sel = false;
     uint32_t key = 0, id = 0;
     if (tid < C) {
@@ -242,6 +264,15 @@ __device__ uint32_t select_chunk(const float* Y, uint32_t E, uint32_t k, SelectS
   }
   __syncthreads();
   return keff;
+}
+
+template <class Layout>
+__device__ uint32_t select_chunk(const float* Y, uint32_t E, uint32_t k, SelectSmem& s, uint16_t* out,
+                                 Layout lay) {
+  const auto owned = [&](auto&& f) {
+    for (uint32_t e = threadIdx.x; e < E; e += kThreads) f(mag_key(Y[e]), e);
+  };
+  return select_chunk_owned(Y, E, k, s, out, lay, owned, owned);
 }
 
 // Quantises the selected coefficients Y[slot(idx[q])], q < cnt, into val (quantize_values).
@@ -606,11 +637,28 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
     for (int a = 0; a < 4; ++a)
       *reinterpret_cast<float4*>(&Y[quad * 1024 + (4 * qy + a) * 32 + 4 * qx]) =
           f4(acc[a][0], acc[a][1], acc[a][2], acc[a][3]);
-    __syncthreads();
+    // No barrier here: the selection's fast path takes this thread's 16 coefficients from registers
+    // (first pass) and from its own slots of Y (second pass, its own writes), and its first barrier
+    // comes before any thread reads another's Y.
 
     // 3-4. Selection and values.
     uint16_t* out_idx = p.index + ch * p.k;
-    const uint32_t cnt = select_chunk(Y, 64 * 64, p.k, sm.sel, out_idx, Quad64{});
+    const uint32_t ybase = quad * 1024 + (4 * qy) * 32 + 4 * qx;
+    const auto own_regs = [&](auto&& f) {
+#pragma unroll
+      for (int a = 0; a < 4; ++a)
+#pragma unroll
+        for (int b = 0; b < 4; ++b) f(mag_key(acc[a][b]), ybase + a * 32 + b);
+    };
+    const auto own_smem = [&](auto&& f) {
+#pragma unroll
+      for (int a = 0; a < 4; ++a) {
+        const float4 v = *reinterpret_cast<const float4*>(&Y[ybase + a * 32]);
+        f(mag_key(v.x), ybase + a * 32 + 0), f(mag_key(v.y), ybase + a * 32 + 1);
+        f(mag_key(v.z), ybase + a * 32 + 2), f(mag_key(v.w), ybase + a * 32 + 3);
+      }
+    };
+    const uint32_t cnt = select_chunk_owned(Y, 64 * 64, p.k, sm.sel, out_idx, Quad64{}, own_regs, own_smem);
     emit_values(Y, out_idx, cnt, p.value_mode, p.value + ch * p.k, sm.sel, Quad64{});
     if (tid == 0) p.count[ch] = uint16_t(cnt);
 
@@ -626,30 +674,29 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
       for (int d = 0; d < 4; ++d) gq[q][d] = 0.0f;
     float* W = sm.t;                                               // W[i][slot], i < 32, stride kFs
     float* V = sm.t + 32 * kFs;                                    // V[slot][j], j < 32, stride kFs
-    uint32_t* cb = reinterpret_cast<uint32_t*>(sm.t + 64 * kFs);  // class bounds [5], then slot of each term [32]
+    uint32_t* cb = reinterpret_cast<uint32_t*>(sm.t + 64 * kFs);  // class bounds [5]
     for (uint32_t s0 = 0; s0 < cnt; s0 += 32) {
       const uint32_t ns = cnt - s0 < 32 ? cnt - s0 : 32;
-      if (tid < 32) {
-        uint32_t cls = 4;
-        if (tid < ns) {
-          const uint32_t id = out_idx[s0 + tid];
-          cls = (((id >> 6) & 1u) << 1) | (id & 1u);
-        }
-        uint32_t base = 0, slot = 0;
-#pragma unroll
-        for (uint32_t q = 0; q < 4; ++q) {
-          const uint32_t m = __ballot_sync(0xffffffffu, cls == q);
-          if (cls == q) slot = base + __popc(m & ((1u << tid) - 1u));
-          if (tid == 0) cb[q] = base;
-          base += __popc(m);
-        }
-        if (tid == 0) cb[4] = base;
-        if (tid < ns) cb[5 + tid] = slot;
+      // Every warp sorts the 32 terms into classes itself (ballots; no barrier before the fill);
+      // thread 0 publishes the class bounds for the sums (read after the fill's barrier).
+      const unsigned lane = tid & 31;
+      uint32_t cls = 4, lid = 0;
+      if (lane < ns) {
+        lid = out_idx[s0 + lane];
+        cls = (((lid >> 6) & 1u) << 1) | (lid & 1u);
       }
-      __syncthreads();
-      for (uint32_t e = tid; e < 32 * ns; e += kThreads) {
+      uint32_t base = 0, lslot = 0;
+#pragma unroll
+      for (uint32_t q = 0; q < 4; ++q) {
+        const uint32_t m = __ballot_sync(0xffffffffu, cls == q);
+        if (cls == q) lslot = base + __popc(m & ((1u << lane) - 1u));
+        if (tid == 0) cb[q] = base;
+        base += __popc(m);
+      }
+      if (tid == 0) cb[4] = base;
+      for (uint32_t e = tid; e < 32 * ns; e += kThreads) {  // warp-uniform: s is the same in a warp
         const uint32_t s = e >> 5, i = e & 31;
-        const uint32_t id = out_idx[s0 + s], slot = cb[5 + s];
+        const uint32_t id = __shfl_sync(0xffffffffu, lid, s), slot = __shfl_sync(0xffffffffu, lslot, s);
         W[i * kFs + slot] = __fmul_rn(__ldg(p.b1t + (id >> 6) * 64 + i), Y[Quad64{}.slot(id)]);
         V[slot * kFs + i] = __ldg(p.b2t + (id & 63) * 64 + i);
       }
