@@ -3,6 +3,7 @@
 
 #include "args.hpp"
 #include "commands.hpp"
+#include "model_bench.hpp"
 #include "optimizer_bench.hpp"
 
 namespace distro::cli {
@@ -22,10 +23,29 @@ static const char* kHelp =
 
 int cmd_bench(const std::vector<std::string>& argv) {
   if (argv.empty() || argv[0] == "--help") {
-    std::puts("usage: distro bench optimizer [options]   (distro bench optimizer --help for the options)");
+    std::puts("usage: distro bench optimizer|model [options]   (--help after the name for its options)");
     return argv.empty() ? 2 : 0;
   }
-  if (argv[0] != "optimizer") throw UsageError("distro bench: unknown benchmark '" + argv[0] + "'; expected: optimizer");
+  if (argv[0] == "model") {
+    Args a("distro bench model", {argv.begin() + 1, argv.end()}, {"preset", "batch", "seq", "threads", "repeat", "json"},
+           {"help"});
+    if (a.flag("help")) {
+      std::puts("usage: distro bench model [--preset nano] [--batch 8] [--seq 128] [--threads 0] [--repeat 5] [--json FILE]\n"
+                "Times the built-in model's forward and forward+backward on the CPU, on random tokens.");
+      return 0;
+    }
+    bench::ModelBenchConfig c;
+    c.preset = a.str("preset", c.preset);
+    c.batch = int(a.u64("batch", 8, 1, 4096));
+    c.seq = int(a.u64("seq", 128, 1, 1 << 16));
+    c.threads = unsigned(a.u64("threads", 0, 0, 4096));
+    c.repeat = unsigned(a.u64("repeat", 5, 1, 1000));
+    c.json_path = a.str("json", "");
+    bench::run_model_bench(c);
+    return 0;
+  }
+  if (argv[0] != "optimizer")
+    throw UsageError("distro bench: unknown benchmark '" + argv[0] + "'; expected optimizer or model");
   Args a("distro bench optimizer", {argv.begin() + 1, argv.end()},
          {"model", "peers", "chunk", "topk", "values", "threads", "repeat", "json"}, {"help"});
   if (a.flag("help")) {

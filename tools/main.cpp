@@ -19,6 +19,7 @@ const char* kUsage =
     "  compress [options]        run the DisTrO optimizer over a model-sized synthetic gradient with\n"
     "                            simulated peers and report what each peer would send and receive\n"
     "  bench optimizer [options] time each stage of the optimizer; --json FILE writes the figures\n"
+    "  bench model [options]     time the built-in model's forward and backward on the CPU\n"
     "  version                   print the version\n"
     "\n"
     "Run 'distro <command> --help' for the options of a command.\n";

@@ -48,6 +48,8 @@ expect 0 "the run is already complete" -- "$distro" train --resume "$tmp/ck"
 expect 0 "step 3/3" -- "$distro" train --resume "$tmp/ck" --steps 3
 expect 0 '"name": "cpu"' -- "$distro" devices --json
 expect 0 "bits/param" -- "$distro" compress --model params:65536 --steps 1
+expect 0 "forward + backward" -- "$distro" bench model --batch 1 --seq 8 --repeat 1 --threads 1
+expect 2 "expected optimizer or model" -- "$distro" bench gpu
 
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]
