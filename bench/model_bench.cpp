@@ -15,22 +15,6 @@
 
 namespace distro::bench {
 
-namespace {
-
-double median_seconds(unsigned repeat, const std::function<void()>& fn) {
-  fn();  // warm-up: allocations, caches
-  std::vector<double> t;
-  for (unsigned i = 0; i < repeat; ++i) {
-    double t0 = now_seconds();
-    fn();
-    t.push_back(now_seconds() - t0);
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-}  // namespace
-
 void run_model_bench(const ModelBenchConfig& c) {
   CpuDevice dev(c.threads);
   LlamaConfig mc = llama_preset(c.preset);
@@ -43,8 +27,8 @@ void run_model_bench(const ModelBenchConfig& c) {
     tokens[i] = int32_t(mix64(i * 2 + 1) % uint64_t(mc.vocab));
     targets[i] = int32_t(mix64(i * 2 + 2) % uint64_t(mc.vocab));
   }
-  double fwd = median_seconds(c.repeat, [&] { model.loss(tokens.data(), targets.data(), B, T); });
-  double step = median_seconds(c.repeat, [&] {
+  double fwd = median_seconds(c.repeat, 1, [&] { model.loss(tokens.data(), targets.data(), B, T); });
+  double step = median_seconds(c.repeat, 1, [&] {
     model.zero_grad();
     model.forward_backward(tokens.data(), targets.data(), B, T);
   });
@@ -60,7 +44,7 @@ void run_model_bench(const ModelBenchConfig& c) {
   ThreadPool pool(1);
   fill_uniform(pool, a.as<float>(), n * n, 7, 1.0f);
   fill_uniform(pool, b.as<float>(), n * n, 8, 1.0f);
-  double mm = median_seconds(c.repeat, [&] {
+  double mm = median_seconds(c.repeat, 1, [&] {
     dev.matmul(o.as<float>(), a.as<float>(), b.as<float>(), n, n, n, false, true, 1.0f, 0.0f);
   });
   const double mm_gflops = 2.0 * double(n) * n * n / mm / 1e9;

@@ -16,16 +16,8 @@ namespace distro::bench {
 
 namespace {
 
-double median_time(unsigned repeat, const std::function<void()>& fn) {
-  std::vector<double> t;
-  for (unsigned i = 0; i < repeat; ++i) {
-    double t0 = now_seconds();
-    fn();
-    t.push_back(now_seconds() - t0);
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
+// No warm-up: the first repetition of a stage is as real as the others, and the median drops outliers.
+double median_time(unsigned repeat, const std::function<void()>& fn) { return median_seconds(repeat, 0, fn); }
 
 }  // namespace
 

@@ -1,5 +1,6 @@
 #include "synthetic.hpp"
 
+#include <algorithm>
 #include <chrono>
 
 #include "optim/hash_mix.hpp"
@@ -20,6 +21,22 @@ void fill_uniform(ThreadPool& pool, float* out, uint64_t n, uint64_t seed, float
 double now_seconds() {
   using namespace std::chrono;
   return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+double median_seconds(unsigned repeat, unsigned warmup, const std::function<void()>& fn) {
+  for (unsigned i = 0; i < warmup; ++i) fn();
+  std::vector<double> t;
+  for (unsigned i = 0; i < repeat; ++i) {
+    double t0 = now_seconds();
+    fn();
+    t.push_back(now_seconds() - t0);
+  }
+  return median(std::move(t));
 }
 
 }  // namespace distro::bench

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "backend/thread_pool.hpp"
@@ -14,5 +15,11 @@ void fill_uniform(ThreadPool& pool, float* out, uint64_t n, uint64_t seed, float
 
 // A wall-clock stopwatch in seconds.
 double now_seconds();
+
+// The median of a list of times (0 for an empty list).
+double median(std::vector<double> v);
+
+// Runs fn `warmup` times untimed, then `repeat` times, and returns the median wall-clock seconds.
+double median_seconds(unsigned repeat, unsigned warmup, const std::function<void()>& fn);
 
 }  // namespace distro::bench

@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -29,6 +30,7 @@
 #include "backend/registry.hpp"
 #include "core/error.hpp"
 #include "fill.hpp"
+#include "synthetic.hpp"
 #include "model/shapes.hpp"
 #include "optim/manifest.hpp"
 #include "optim/merger.hpp"
@@ -37,14 +39,8 @@ using namespace distro;
 
 namespace {
 
-double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
+using bench::median;
+double now() { return bench::now_seconds(); }
 
 void cuda_check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) fail(Code::device, std::string(what) + ": " + cudaGetErrorString(e));
@@ -201,40 +197,20 @@ KResult run_k(Device& dev, const std::vector<TensorSpec>& specs, uint32_t k, uns
   r.step_s = median(ts);
   r.check_s = median(tk);
 
-  // A/B: the same compress with the plain 64x64 kernel.
-  setenv("DISTRO_CUDA_DCT_FOLD", "0", 1);
-  std::vector<double> tp;
-  for (unsigned rep = 0; rep < warmup + reps; ++rep) {
-    dev.synchronize();
-    const double t0 = now();
-    compress_all();
-    dev.synchronize();
-    if (rep >= warmup) tp.push_back(now() - t0);
-  }
-  unsetenv("DISTRO_CUDA_DCT_FOLD");
-  r.compress_plain_s = median(tp);
-  setenv("DISTRO_CUDA_DCT_KEEPX", "1", 1);
-  tp.clear();
-  for (unsigned rep = 0; rep < warmup + reps; ++rep) {
-    dev.synchronize();
-    const double t0 = now();
-    compress_all();
-    dev.synchronize();
-    if (rep >= warmup) tp.push_back(now() - t0);
-  }
-  unsetenv("DISTRO_CUDA_DCT_KEEPX");
-  r.compress_keepx_s = median(tp);
-  setenv("DISTRO_CUDA_APPLY_FOLD", "0", 1);
-  tp.clear();
-  for (unsigned rep = 0; rep < warmup + reps; ++rep) {
-    dev.synchronize();
-    const double t0 = now();
-    apply_all();
-    dev.synchronize();
-    if (rep >= warmup) tp.push_back(now() - t0);
-  }
-  unsetenv("DISTRO_CUDA_APPLY_FOLD");
-  r.apply_plain_s = median(tp);
+  // A/B: the same work with one kernel variant switched by its environment variable.
+  auto variant = [&](const char* env, const char* value, const std::function<void()>& work) {
+    setenv(env, value, 1);
+    const double t = bench::median_seconds(reps, warmup, [&] {
+      dev.synchronize();
+      work();
+      dev.synchronize();
+    });
+    unsetenv(env);
+    return t;
+  };
+  r.compress_plain_s = variant("DISTRO_CUDA_DCT_FOLD", "0", compress_all);
+  r.compress_keepx_s = variant("DISTRO_CUDA_DCT_KEEPX", "1", compress_all);
+  r.apply_plain_s = variant("DISTRO_CUDA_APPLY_FOLD", "0", apply_all);
   return r;
 }
 
