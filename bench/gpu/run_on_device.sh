@@ -6,7 +6,7 @@
 #
 # Without BIN_DIR the script configures and builds here: CMake + Ninja, CUDA arch 90, Release,
 # GUI and Vulkan off, tests on, into build-gpu/ (targets distro_gpu_tests and distro_gpu_bench).
-# That needs OpenSSL's headers, Catch2 2 and nlohmann/json; DEPS_DIR may hold the latter two as a
+# That needs OpenSSL's headers, Catch2 2, nlohmann/json, asio and SQLite; DEPS_DIR may hold the last four as a
 # prefix (DIR/include/catch2, DIR/include/nlohmann, DIR/lib/cmake/Catch2), e.g. copied from a
 # Debian machine into the ignored folder .gpu-deps/deps and carried. If the build fails and
 # FALLBACK_BIN names binaries built elsewhere, those run instead. BIN_DIR skips the build: binaries
@@ -36,7 +36,9 @@ if [ -z "$BIN" ]; then
   EXTRA=()
   if [ -n "${DEPS_DIR:-}" ]; then
     DEPS=$(cd "$DEPS_DIR" && pwd)
-    EXTRA+=("-DCatch2_DIR=$DEPS/lib/cmake/Catch2" "-DCMAKE_CXX_FLAGS=-isystem $DEPS/include")
+    EXTRA+=("-DCatch2_DIR=$DEPS/lib/cmake/Catch2" "-DCMAKE_CXX_FLAGS=-isystem $DEPS/include"
+            "-DCMAKE_PREFIX_PATH=$DEPS")
+    export LD_LIBRARY_PATH=$DEPS/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   fi
   t0=$SECONDS
   if cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \

@@ -96,6 +96,12 @@ void CpuDevice::compress(const CompressArgs& a) {
   });
 }
 
+double CpuDevice::sum_squares(const float* x, uint64_t n) {
+  double ss = 0.0;
+  for (uint64_t i = 0; i < n; ++i) ss += double(x[i]) * double(x[i]);
+  return ss;
+}
+
 void CpuDevice::apply(const ApplyArgs& a) {
   const TensorPlan& p = *a.plan;
   const DctBasis& b1 = basis(p.n1);

@@ -25,6 +25,8 @@ class CpuDevice final : public Device {
   void apply(const ApplyArgs& a) override;
   void adamw(const AdamWArgs& a) override;
   uint64_t hash(const float* data, uint64_t n, uint64_t salt) override;
+  // Serial, in index order, so the result does not depend on the thread count.
+  double sum_squares(const float* x, uint64_t n) override;
   uint64_t first_nonfinite_momentum(const float* delta, const float* grad, float beta, float lr,
                                     uint64_t n) override;
 

@@ -139,6 +139,11 @@ class Device {
     unsupported("hash");
   }
 
+  // Sum of x[i]^2 over i < n, accumulated in double (the gradient norm for clipping). Deterministic
+  // on one device; devices may round differently, which is harmless: a peer's clip scale only shapes
+  // its own payload. The default copies x to the host in pieces and sums in index order.
+  virtual double sum_squares(const float* x, uint64_t n);
+
   // ---- Model ops; defaults report the op as unsupported on this device. ----
   // C[M,N] = alpha * op(A) op(B) + beta * C with op(A) [M,K] and op(B) [K,N]; A is stored [K,M] when
   // transA, B is stored [N,K] when transB. beta == 0 never reads C (it may hold garbage).
@@ -240,6 +245,17 @@ class Device {
     fail(Code::unsupported, "device '" + info().name + "' does not support the op '" + op + "'");
   }
 };
+
+inline double Device::sum_squares(const float* x, uint64_t n) {
+  float buf[4096];
+  double ss = 0.0;
+  for (uint64_t i = 0; i < n; i += 4096) {
+    const uint64_t m = n - i < 4096 ? n - i : 4096;
+    download(buf, x + i, m * sizeof(float));
+    for (uint64_t j = 0; j < m; ++j) ss += double(buf[j]) * double(buf[j]);
+  }
+  return ss;
+}
 
 inline DeviceMemory& DeviceMemory::operator=(DeviceMemory&& o) noexcept {
   if (this != &o) {

@@ -1,5 +1,6 @@
 #include "optim/optimizer.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "backend/registry.hpp"
@@ -21,14 +22,26 @@ void validate(const OptimizerOptions& o) {
 
 Optimizer::Optimizer(const OptimizerOptions& options) : opt_(options) {
   validate(opt_);
-  dev_ = open_device(opt_.device, opt_.threads);
+  owned_ = open_device(opt_.device, opt_.threads);
+  dev_ = owned_.get();
+  resident_ = dev_->info().kind == DeviceKind::cpu;
+  check_device();
+}
+
+Optimizer::Optimizer(const OptimizerOptions& options, Device& device) : opt_(options) {
+  validate(opt_);
+  dev_ = &device;
+  opt_.device = device.info().name;
+  resident_ = true;
+  check_device();
+}
+
+void Optimizer::check_device() {
   if (!(dev_->info().flags & kDeviceOptimizer))
-    fail(Code::unsupported, "device '" + opt_.device + "' cannot run the DisTrO optimizer yet");
+    fail(Code::unsupported, "device '" + dev_->info().name + "' cannot run the DisTrO optimizer yet");
 }
 
 Optimizer::~Optimizer() = default;
-
-bool Optimizer::host_device() const { return dev_->info().kind == DeviceKind::cpu; }
 
 void Optimizer::add_tensor(const std::string& name, const std::vector<int64_t>& shape, float* params,
                            const float* grad) {
@@ -63,7 +76,7 @@ const Manifest& Optimizer::manifest() const {
 }
 
 const float* Optimizer::grad_on_device(Slot& s, const TensorPlan& p) {
-  if (host_device()) return s.grad;
+  if (resident_) return s.grad;
   size_t bytes = p.numel * sizeof(float);
   if (!s.grad_dev.data()) s.grad_dev = dev_->alloc(bytes);
   dev_->upload(s.grad_dev.data(), s.grad, bytes);
@@ -71,7 +84,7 @@ const float* Optimizer::grad_on_device(Slot& s, const TensorPlan& p) {
 }
 
 float* Optimizer::params_on_device(Slot& s, const TensorPlan& p, bool upload) {
-  if (host_device()) return s.params;
+  if (resident_) return s.params;
   size_t bytes = p.numel * sizeof(float);
   if (!s.params_dev.data()) s.params_dev = dev_->alloc(bytes);
   if (upload) dev_->upload(s.params_dev.data(), s.params, bytes);
@@ -108,6 +121,12 @@ PeerPayload Optimizer::compress(uint64_t step, float lr) {
   out.count.resize(manifest_.total_chunks);
   std::vector<uint16_t> idx(manifest_.total_slots);
   std::vector<int8_t> val(manifest_.total_slots);
+  const bool host = dev_->info().kind == DeviceKind::cpu;
+  if (!host && !staging_.count.data()) {
+    staging_.count = dev_->alloc(std::max<uint64_t>(1, manifest_.total_chunks) * 2);
+    staging_.index = dev_->alloc(std::max<uint64_t>(1, manifest_.total_slots) * 2);
+    staging_.value = dev_->alloc(std::max<uint64_t>(1, manifest_.total_slots));
+  }
   for (size_t t = 0; t < slots_.size(); ++t) {
     const TensorPlan& p = manifest_.tensors[t];
     CompressArgs a;
@@ -117,21 +136,15 @@ PeerPayload Optimizer::compress(uint64_t step, float lr) {
     a.beta = opt_.decay;
     a.lr = lr;
     a.values = opt_.values;
-    if (host_device()) {
-      a.count = out.count.data() + p.chunk_base;
-      a.index = idx.data() + p.slot_base;
-      a.value = val.data() + p.slot_base;
-      dev_->compress(a);
-    } else {
-      DeviceMemory c = dev_->alloc(p.chunks * 2), i = dev_->alloc(p.chunks * p.k * 2), v = dev_->alloc(p.chunks * p.k);
-      a.count = c.as<uint16_t>();
-      a.index = i.as<uint16_t>();
-      a.value = v.as<int8_t>();
-      dev_->compress(a);
-      dev_->download(out.count.data() + p.chunk_base, c.data(), c.bytes());
-      dev_->download(idx.data() + p.slot_base, i.data(), i.bytes());
-      dev_->download(val.data() + p.slot_base, v.data(), v.bytes());
-    }
+    a.count = (host ? out.count.data() : staging_.count.as<uint16_t>()) + p.chunk_base;
+    a.index = (host ? idx.data() : staging_.index.as<uint16_t>()) + p.slot_base;
+    a.value = (host ? val.data() : staging_.value.as<int8_t>()) + p.slot_base;
+    dev_->compress(a);
+  }
+  if (!host) {  // one copy of each array for the whole model (the device queues the compresses)
+    dev_->download(out.count.data(), staging_.count.data(), manifest_.total_chunks * 2);
+    dev_->download(idx.data(), staging_.index.data(), manifest_.total_slots * 2);
+    dev_->download(val.data(), staging_.value.data(), manifest_.total_slots);
   }
   // Compact the fixed k slots per chunk into the payload's variable-length lists.
   for (const TensorPlan& p : manifest_.tensors)
@@ -146,36 +159,42 @@ PeerPayload Optimizer::compress(uint64_t step, float lr) {
 
 void Optimizer::apply(const MergedUpdate& u) {
   freeze();
-  if (u.offset.size() != manifest_.total_chunks + 1)
+  if (u.offset.size() != manifest_.total_chunks + 1 || u.offset.back() != u.index.size() ||
+      u.index.size() != u.value.size())
     fail(Code::internal, "merged update does not cover the manifest's chunks");
+  const bool host = dev_->info().kind == DeviceKind::cpu;
+  const uint32_t* offset = u.offset.data();
+  const uint16_t* index = u.index.data();
+  const int32_t* value = u.value.data();
+  if (!host) {  // the whole update goes to the device once; offsets stay global
+    auto fit = [&](DeviceMemory& m, size_t bytes) {
+      if (m.bytes() < bytes) m = dev_->alloc(std::max(bytes, m.bytes() * 2));
+    };
+    const size_t n = u.index.size();
+    fit(staging_.offset, u.offset.size() * 4);
+    fit(staging_.merged_index, n * 2 + 2);
+    fit(staging_.merged_value, n * 4 + 4);
+    dev_->upload(staging_.offset.data(), u.offset.data(), u.offset.size() * 4);
+    if (n) {
+      dev_->upload(staging_.merged_index.data(), u.index.data(), n * 2);
+      dev_->upload(staging_.merged_value.data(), u.value.data(), n * 4);
+    }
+    offset = staging_.offset.as<uint32_t>();
+    index = staging_.merged_index.as<uint16_t>();
+    value = staging_.merged_value.as<int32_t>();
+  }
   for (size_t t = 0; t < slots_.size(); ++t) {
     const TensorPlan& p = manifest_.tensors[t];
-    // Offsets relative to this tensor's first entry, so a device gets self-contained arrays.
-    uint32_t first = u.offset[p.chunk_base];
-    std::vector<uint32_t> off(p.chunks + 1);
-    for (uint64_t c = 0; c <= p.chunks; ++c) off[c] = u.offset[p.chunk_base + c] - first;
     ApplyArgs a;
     a.plan = &p;
     a.lr = u.lr;
     a.decay_factor = u.decay_factor;
     a.params = params_on_device(slots_[t], p, true);
-    if (host_device()) {
-      a.offset = off.data();
-      a.index = u.index.data() + first;
-      a.value = u.value.data() + first;
-      dev_->apply(a);
-    } else {
-      size_t n = off.back();
-      DeviceMemory o = dev_->alloc(off.size() * 4), i = dev_->alloc(n * 2 + 2), v = dev_->alloc(n * 4 + 4);
-      dev_->upload(o.data(), off.data(), o.bytes());
-      dev_->upload(i.data(), u.index.data() + first, n * 2);
-      dev_->upload(v.data(), u.value.data() + first, n * 4);
-      a.offset = o.as<uint32_t>();
-      a.index = i.as<uint16_t>();
-      a.value = v.as<int32_t>();
-      dev_->apply(a);
-      dev_->download(slots_[t].params, a.params, p.numel * sizeof(float));
-    }
+    a.offset = offset + p.chunk_base;
+    a.index = index;
+    a.value = value;
+    dev_->apply(a);
+    if (!resident_) dev_->download(slots_[t].params, a.params, p.numel * sizeof(float));
   }
 }
 
@@ -184,7 +203,7 @@ uint64_t Optimizer::param_hash() {
   uint64_t h = 0;
   for (size_t t = 0; t < slots_.size(); ++t) {
     const TensorPlan& p = manifest_.tensors[t];
-    const float* data = host_device() ? slots_[t].params : params_on_device(slots_[t], p, true);
+    const float* data = params_on_device(slots_[t], p, true);
     h = fold_hash(h, dev_->hash(data, p.numel, tensor_salt(t)));
   }
   return h;

@@ -1,6 +1,8 @@
 // One peer's DisTrO optimizer (DESIGN.md section 4): momentum with error feedback, block DCT, per-chunk
 // top-k, and the exact apply of a merged update. Parameters and gradients are caller-owned float32
-// host buffers; the momentum lives on the optimizer's device.
+// buffers: host memory when the optimizer opens its own device by name (they are staged to and from
+// it), or memory of the caller's device when one is shared (the model's, so nothing is copied). The
+// momentum lives on the optimizer's device.
 #pragma once
 
 #include <cstdint>
@@ -30,7 +32,11 @@ void validate(const OptimizerOptions& o);
 
 class Optimizer {
  public:
+  // Opens options.device; params and grads given to add_tensor are host memory.
   explicit Optimizer(const OptimizerOptions& options);
+  // Runs on `device` (borrowed: it must outlive the optimizer; options.device is ignored); params and
+  // grads given to add_tensor are memory of that device.
+  Optimizer(const OptimizerOptions& options, Device& device);
   ~Optimizer();
 
   void add_tensor(const std::string& name, const std::vector<int64_t>& shape, float* params,
@@ -59,14 +65,22 @@ class Optimizer {
     float* params;
     const float* grad;
     DeviceMemory delta;
-    DeviceMemory grad_dev, params_dev;  // staging when the device cannot read host memory
+    DeviceMemory grad_dev, params_dev;  // staging when the buffers are host memory on a GPU device
   };
-  bool host_device() const;
+  // Whole-manifest payload and update buffers on a GPU device, allocated once (not per step).
+  struct Staging {
+    DeviceMemory count, index, value;           // compress outputs: chunks, slots, slots
+    DeviceMemory offset, merged_index, merged_value;  // apply inputs, grown to the largest update seen
+  };
   const float* grad_on_device(Slot& s, const TensorPlan& p);
   float* params_on_device(Slot& s, const TensorPlan& p, bool upload);
+  void check_device();
 
   OptimizerOptions opt_;
-  std::unique_ptr<Device> dev_;
+  std::unique_ptr<Device> owned_;
+  Device* dev_ = nullptr;
+  bool resident_ = false;  // params and grads are memory of dev_ (CPU device, or a shared device)
+  Staging staging_;
   std::vector<TensorSpec> specs_;
   std::vector<Slot> slots_;
   Manifest manifest_;

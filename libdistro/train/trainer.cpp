@@ -9,8 +9,8 @@
 #include "data/sampler.hpp"
 #include "optim/hash_mix.hpp"
 #include "optim/merger.hpp"
-#include "optim/optimizer.hpp"
 #include "train/checkpoint.hpp"
+#include "train/replica.hpp"
 #include "train/schedule.hpp"
 #include "wire/codec.hpp"
 
@@ -55,13 +55,7 @@ struct Trainer::Impl {
   LlamaConfig model_cfg;
   std::unique_ptr<Dataset> data;
   std::unique_ptr<Sampler> sampler;
-  struct Peer {
-    std::unique_ptr<Device> dev;
-    std::unique_ptr<LlamaModel> model;
-    std::unique_ptr<Optimizer> opt;     // DisTrO
-    std::vector<DeviceMemory> m, v;     // AdamW moments
-  };
-  std::vector<Peer> peers;
+  std::vector<std::unique_ptr<Replica>> peers;
   uint64_t done = 0;
   uint64_t run_id = 0;
   std::vector<int32_t> tokens, targets;
@@ -80,78 +74,20 @@ struct Trainer::Impl {
                                        " model's maximum of " + std::to_string(model_cfg.max_seq));
     sampler = std::make_unique<Sampler>(*data, c.seed, c.seq);
     run_id = mix64(c.seed ^ 0xD15780ull);
-    for (size_t p = 0; p < c.devices.size(); ++p) {
-      Peer peer;
-      peer.dev = open_device(c.devices[p], c.threads);
-      peer.model = std::make_unique<LlamaModel>(*peer.dev, model_cfg, c.seed);
-      if (c.optimizer == "distro") {
-        OptimizerOptions o;
-        o.run_id = run_id;
-        o.peer_id = uint32_t(p);
-        o.chunk = c.chunk;
-        o.topk = c.topk;
-        o.decay = c.decay;
-        o.values = c.values;
-        o.device = c.devices[p];
-        o.threads = c.threads;
-        peer.opt = std::make_unique<Optimizer>(o);
-        for (const auto& t : peer.model->tensors()) peer.opt->add_tensor(t.name, t.shape, t.param, t.grad);
-        peer.opt->freeze();
-      } else {
-        for (const auto& t : peer.model->tensors()) {
-          peer.m.push_back(peer.dev->alloc(t.numel * 4));
-          peer.v.push_back(peer.dev->alloc(t.numel * 4));
-          peer.dev->zero(peer.m.back().data(), t.numel * 4);
-          peer.dev->zero(peer.v.back().data(), t.numel * 4);
-        }
-      }
-      peers.push_back(std::move(peer));
-    }
+    for (size_t p = 0; p < c.devices.size(); ++p)
+      peers.push_back(std::make_unique<Replica>(c, model_cfg, uint32_t(p), run_id, c.devices[p]));
   }
 
   uint64_t warmup() const { return cfg.warmup ? cfg.warmup : std::min<uint64_t>(100, cfg.steps / 10); }
   float peak_lr() const { return cfg.lr > 0.0f ? cfg.lr : default_lr(cfg.optimizer, cfg.preset); }
 
-  // Peer p's gradient for this step: micro-batches accumulated, then scaled to the batch mean.
+  // Peer p's batch for this step and its gradient (micro-batched, unclipped); returns the loss.
   double compute_grad(size_t p, uint64_t step) {
-    Peer& peer = peers[p];
-    const int B = cfg.batch, mb = cfg.micro_batch ? cfg.micro_batch : B, T = cfg.seq;
+    const int B = cfg.batch, T = cfg.seq;
     tokens.resize(size_t(B) * T);
     targets.resize(size_t(B) * T);
     sampler->train_batch(step, uint32_t(p), uint32_t(peers.size()), B, tokens.data(), targets.data());
-    peer.model->zero_grad();
-    double loss = 0.0;
-    for (int b = 0; b < B; b += mb)
-      loss += peer.model->forward_backward(tokens.data() + size_t(b) * T, targets.data() + size_t(b) * T, mb, T);
-    int parts = B / mb;
-    if (parts > 1)
-      for (const auto& t : peer.model->tensors()) peer.dev->scale(t.grad, 1.0f / float(parts), int64_t(t.numel));
-    return loss / parts;
-  }
-
-  // Global L2 norm of a peer's gradient, summed in double in tensor order.
-  double grad_norm(size_t p) {
-    double ss = 0.0;
-    for (const auto& t : peers[p].model->tensors()) {
-      host_a.resize(t.numel);
-      peers[p].dev->download(host_a.data(), t.grad, t.numel * 4);
-      for (float g : host_a) ss += double(g) * double(g);
-    }
-    return std::sqrt(ss);
-  }
-
-  void clip(size_t p, double norm) {
-    if (cfg.clip <= 0.0f || !(norm > cfg.clip)) return;
-    float s = float(double(cfg.clip) / norm);
-    for (const auto& t : peers[p].model->tensors()) peers[p].dev->scale(t.grad, s, int64_t(t.numel));
-  }
-
-  uint64_t replica_hash(size_t p) {
-    if (peers[p].opt) return peers[p].opt->param_hash();
-    uint64_t h = 0;
-    const auto& ts = peers[p].model->tensors();
-    for (size_t t = 0; t < ts.size(); ++t) h = fold_hash(h, peers[p].dev->hash(ts[t].param, ts[t].numel, tensor_salt(t)));
-    return h;
+    return peers[p]->compute_grad(tokens.data(), targets.data());
   }
 
   StepStats step() {
@@ -162,58 +98,44 @@ struct Trainer::Impl {
     s.step = ++done;
     s.lr = scheduled_lr(s.step, cfg.steps, warmup(), peak_lr(), cfg.min_lr_ratio);
     const size_t N = peers.size();
-    const uint64_t P = peers[0].model->num_params();
+    const uint64_t P = peers[0]->model().num_params();
     double loss = 0.0;
     if (cfg.optimizer == "distro") {
-      Merger merger(peers[0].opt->manifest(), run_id, s.step);
+      Merger merger(peers[0]->optimizer().manifest(), run_id, s.step);
       for (size_t p = 0; p < N; ++p) {
         loss += compute_grad(p, s.step);
-        double norm = grad_norm(p);
+        double norm = peers[p]->grad_norm();
         if (p == 0) s.grad_norm = norm;
-        clip(p, norm);
-        std::vector<uint8_t> payload = encode_payload(peers[p].opt->manifest(), peers[p].opt->compress(s.step, s.lr));
+        peers[p]->clip(norm);
+        std::vector<uint8_t> payload = peers[p]->compress(s.step, s.lr);
         s.bytes_up_per_peer += payload.size();
         merger.add(payload);
       }
       s.bytes_up_per_peer /= N;
       std::vector<uint8_t> update =
-          encode_update(peers[0].opt->manifest(), merger.finish(s.lr, cfg.weight_decay, replica_hash(0)));
+          encode_update(peers[0]->optimizer().manifest(), merger.finish(s.lr, cfg.weight_decay, peers[0]->hash()));
       s.bytes_down_per_peer = update.size();
-      for (auto& peer : peers) peer.opt->apply(decode_update(peer.opt->manifest(), update));
+      for (auto& peer : peers) peer->apply(update);
     } else {
       // Exact all-reduce: the mean of every peer's gradient, summed in peer order, given to all.
       for (size_t p = 0; p < N; ++p) loss += compute_grad(p, s.step);
-      const auto& ts0 = peers[0].model->tensors();
+      const auto& ts0 = peers[0]->model().tensors();
       for (size_t t = 0; t < ts0.size(); ++t) {
         uint64_t n = ts0[t].numel;
         host_b.assign(n, 0.0f);
         for (size_t p = 0; p < N; ++p) {
           host_a.resize(n);
-          peers[p].dev->download(host_a.data(), peers[p].model->tensors()[t].grad, n * 4);
+          peers[p]->device().download(host_a.data(), peers[p]->model().tensors()[t].grad, n * 4);
           for (uint64_t i = 0; i < n; ++i) host_b[i] += host_a[i];
         }
         for (uint64_t i = 0; i < n; ++i) host_b[i] /= float(N);
-        for (size_t p = 0; p < N; ++p) peers[p].dev->upload(peers[p].model->tensors()[t].grad, host_b.data(), n * 4);
+        for (size_t p = 0; p < N; ++p)
+          peers[p]->device().upload(peers[p]->model().tensors()[t].grad, host_b.data(), n * 4);
       }
-      s.grad_norm = grad_norm(0);
+      s.grad_norm = peers[0]->grad_norm();
       for (size_t p = 0; p < N; ++p) {
-        clip(p, s.grad_norm);
-        const auto& ts = peers[p].model->tensors();
-        for (size_t t = 0; t < ts.size(); ++t) {
-          AdamWArgs a;
-          a.params = ts[t].param;
-          a.grad = ts[t].grad;
-          a.m = peers[p].m[t].as<float>();
-          a.v = peers[p].v[t].as<float>();
-          a.n = ts[t].numel;
-          a.lr = s.lr;
-          a.beta1 = cfg.beta1;
-          a.beta2 = cfg.beta2;
-          a.eps = cfg.eps;
-          a.weight_decay = cfg.weight_decay;
-          a.t = s.step;
-          peers[p].dev->adamw(a);
-        }
+        peers[p]->clip(s.grad_norm);
+        peers[p]->adamw_step(s.lr, s.step);
       }
       uint64_t ring = N > 1 ? uint64_t(double(2 * (N - 1)) / double(N) * 2.0 * double(P) / 2.0) : 0;
       s.bytes_up_per_peer = ring;
@@ -221,12 +143,12 @@ struct Trainer::Impl {
     }
     s.train_loss = loss / double(N);
     s.tokens = uint64_t(cfg.batch) * uint64_t(cfg.seq) * N;
-    for (size_t p = 0; p < N; ++p) s.hashes.push_back(replica_hash(p));
+    for (size_t p = 0; p < N; ++p) s.hashes.push_back(peers[p]->hash());
     for (size_t p = 1; p < N; ++p)
       if (s.hashes[p] != s.hashes[0])
-        fail(Code::internal, "replicas differ after step " + std::to_string(s.step) + ": peer 0 has hash " +
-                                 std::to_string(s.hashes[0]) + ", peer " + std::to_string(p) + " has " +
-                                 std::to_string(s.hashes[p]) + "; this is a bug in libdistro");
+        fail(Code::internal, "replicas differ after step " + std::to_string(s.step) + ": peer 0 (" + cfg.devices[0] +
+                                 ") has hash " + std::to_string(s.hashes[0]) + ", peer " + std::to_string(p) + " (" +
+                                 cfg.devices[p] + ") has " + std::to_string(s.hashes[p]) + "; this is a bug in libdistro");
     s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return s;
   }
@@ -247,15 +169,15 @@ double Trainer::evaluate() {
   double sum = 0.0;
   for (uint64_t i = 0; i < n; ++i) {
     I.sampler->val_batch(i, B, I.tokens.data(), I.targets.data());
-    sum += I.peers[0].model->loss(I.tokens.data(), I.targets.data(), B, T);
+    sum += I.peers[0]->model().loss(I.tokens.data(), I.targets.data(), B, T);
   }
   return sum / double(n);
 }
 
 const TrainConfig& Trainer::config() const { return impl_->cfg; }
 uint64_t Trainer::steps_done() const { return impl_->done; }
-uint64_t Trainer::params() const { return impl_->peers[0].model->num_params(); }
-LlamaModel& Trainer::model(size_t peer) { return *impl_->peers.at(peer).model; }
+uint64_t Trainer::params() const { return impl_->peers[0]->model().num_params(); }
+LlamaModel& Trainer::model(size_t peer) { return impl_->peers.at(peer)->model(); }
 
 uint64_t Trainer::allreduce_bytes_per_peer() const {
   double n = double(impl_->peers.size());
@@ -264,7 +186,7 @@ uint64_t Trainer::allreduce_bytes_per_peer() const {
 
 std::vector<uint64_t> Trainer::replica_hashes() const {
   std::vector<uint64_t> h;
-  for (size_t p = 0; p < impl_->peers.size(); ++p) h.push_back(impl_->replica_hash(p));
+  for (auto& peer : impl_->peers) h.push_back(peer->hash());
   return h;
 }
 
@@ -282,22 +204,12 @@ void Trainer::save(const std::string& dir) const {
   CheckpointWriter w;
   w.config = I.cfg;
   w.step = I.done;
-  for (const auto& peer : I.peers) {
-    const auto& ts = peer.model->tensors();
-    for (size_t t = 0; t < ts.size(); ++t) {
-      std::vector<float> buf(ts[t].numel);
-      peer.dev->download(buf.data(), ts[t].param, ts[t].numel * 4);
-      w.add_block(buf);
-      if (peer.opt) {
-        w.add_block(peer.opt->momentum(t));
-      } else {
-        peer.dev->download(buf.data(), peer.m[t].data(), ts[t].numel * 4);
-        w.add_block(buf);
-        peer.dev->download(buf.data(), peer.v[t].data(), ts[t].numel * 4);
-        w.add_block(buf);
-      }
+  // Per peer, per tensor: the parameters, then the optimizer state (momentum, or m and v).
+  for (const auto& peer : I.peers)
+    for (size_t t = 0; t < peer->tensor_count(); ++t) {
+      w.add_block(peer->params(t));
+      for (auto& block : peer->state(t)) w.add_block(block);
     }
-  }
   w.write(dir);
 }
 
@@ -309,17 +221,15 @@ std::unique_ptr<Trainer> Trainer::resume(const std::string& dir) {
   I.build(r.config());
   I.done = r.step();
   for (auto& peer : I.peers) {
-    const auto& ts = peer.model->tensors();
+    const auto& ts = peer->model().tensors();
     for (size_t t = 0; t < ts.size(); ++t) {
-      auto params = r.next_block(ts[t].numel, ts[t].name + " parameters");
-      peer.dev->upload(ts[t].param, params.data(), ts[t].numel * 4);
-      if (peer.opt) {
-        peer.opt->set_momentum(t, r.next_block(ts[t].numel, ts[t].name + " momentum"));
+      peer->set_params(t, r.next_block(ts[t].numel, ts[t].name + " parameters"));
+      if (peer->distro()) {
+        peer->set_state(t, {r.next_block(ts[t].numel, ts[t].name + " momentum")});
       } else {
         auto m = r.next_block(ts[t].numel, ts[t].name + " first moment");
         auto v = r.next_block(ts[t].numel, ts[t].name + " second moment");
-        peer.dev->upload(peer.m[t].data(), m.data(), ts[t].numel * 4);
-        peer.dev->upload(peer.v[t].data(), v.data(), ts[t].numel * 4);
+        peer->set_state(t, {std::move(m), std::move(v)});
       }
     }
   }
