@@ -31,6 +31,7 @@ static const char* kHelp =
     "  --weight-decay W     decoupled weight decay (default 0)\n"
     "  --clip C             gradient-norm clip, 0 = off (default 1)\n"
     "  --topk K --chunk S --decay B --values sign|int8   DisTrO settings (4, 64, 0.999, sign)\n"
+    "  --overlap            apply each merged update one step late (compute overlaps transfer)\n"
     "  --seed N             seed of the initialisation and the batches (default 1)\n"
     "  --threads N          CPU threads per peer, 0 = all cores (default)\n"
     "  --eval-every N       validation every N steps, 0 = only at the end (default steps/10)\n"
@@ -63,7 +64,7 @@ int cmd_train(const std::vector<std::string>& argv) {
          {"data", "preset", "peers", "optimizer", "steps", "batch", "micro-batch", "seq", "lr", "warmup",
           "min-lr-ratio", "weight-decay", "clip", "topk", "chunk", "decay", "values", "seed", "threads",
           "eval-every", "eval-batches", "checkpoint", "checkpoint-every", "stop-after", "resume", "json", "vocab"},
-         {"help", "quiet"});
+         {"help", "quiet", "overlap"});
   if (a.flag("help")) {
     std::fputs(kHelp, stdout);
     return 0;
@@ -75,6 +76,8 @@ int cmd_train(const std::vector<std::string>& argv) {
       if (a.has(o))
         throw UsageError(std::string("distro train: --") + o +
                          " cannot be combined with --resume; a resumed run keeps the settings it was saved with");
+    if (a.flag("overlap"))
+      throw UsageError("distro train: --overlap cannot be combined with --resume; a resumed run keeps the settings it was saved with");
     tr = Trainer::resume(a.str("resume", ""));
     if (a.has("steps")) tr->set_total_steps(a.u64("steps", 0, 1, uint64_t(1) << 40));
   } else {
@@ -99,6 +102,7 @@ int cmd_train(const std::vector<std::string>& argv) {
     c.chunk = uint32_t(a.u64("chunk", 64, 1, 256));
     c.decay = float(a.real("decay", 0.999, 0.0, 0.999999));
     c.values = parse_values(a.str("values", "sign"));
+    c.overlap = a.flag("overlap");
     c.seed = a.u64("seed", 1, 0, UINT64_MAX);
     c.threads = unsigned(a.u64("threads", 0, 0, 4096));
     c.eval_batches = a.u64("eval-batches", 8, 1, 1000000);

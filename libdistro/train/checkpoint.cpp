@@ -32,7 +32,8 @@ json config_to_json(const TrainConfig& c) {
               {"chunk", c.chunk},     {"topk", c.topk},           {"decay", c.decay},
               {"values", c.values == ValueMode::sign ? "sign" : "int8"},
               {"beta1", c.beta1},     {"beta2", c.beta2},         {"eps", c.eps},
-              {"seed", c.seed},       {"threads", c.threads},     {"eval_batches", c.eval_batches}};
+              {"seed", c.seed},       {"threads", c.threads},     {"eval_batches", c.eval_batches},
+              {"overlap", c.overlap}};
 }
 
 template <class T>
@@ -76,6 +77,7 @@ TrainConfig config_from_json(const json& j, const std::string& path) {
   take(j, "seed", c.seed, path);
   take(j, "threads", c.threads, path);
   take(j, "eval_batches", c.eval_batches, path);
+  if (j.contains("overlap")) take(j, "overlap", c.overlap, path);  // absent in older checkpoints: off
   return c;
 }
 
@@ -109,6 +111,7 @@ void CheckpointWriter::write(const std::string& dir) const {
   json sizes = json::array();
   for (const auto& b : blocks_) sizes.push_back(b.size());
   meta["blocks"] = sizes;
+  if (!pending_update.empty()) meta["pending_update_bytes"] = pending_update.size();
   std::string text = meta.dump();
 
   std::vector<uint8_t> head(kMagic, kMagic + 8);
@@ -129,6 +132,8 @@ void CheckpointWriter::write(const std::string& dir) const {
       sha.update(p, b.size() * 4);
       write_all(fd, p, b.size() * 4, tmp);
     }
+    sha.update(pending_update.data(), pending_update.size());
+    write_all(fd, pending_update.data(), pending_update.size(), tmp);
     auto digest = sha.finish();
     write_all(fd, digest.data(), 32, tmp);
     if (::fsync(fd) != 0) io_error("cannot flush", tmp);
@@ -172,10 +177,12 @@ CheckpointReader::CheckpointReader(const std::string& dir_or_file) {
     meta = json::parse(bytes_.begin() + 16, bytes_.begin() + 16 + jlen);
     sizes_ = meta.at("blocks").get<std::vector<uint64_t>>();
     step_ = meta.at("step").get<uint64_t>();
+    pending_bytes_ = meta.value("pending_update_bytes", uint64_t(0));
   } catch (const std::exception&) {
     fail(Code::corrupt, "checkpoint " + path_ + " has an unreadable header");
   }
-  uint64_t want = 16 + uint64_t(jlen) + 32;
+  if (pending_bytes_ > n) fail(Code::corrupt, "checkpoint " + path_ + " declares a pending update larger than the file");
+  uint64_t want = 16 + uint64_t(jlen) + 32 + pending_bytes_;
   for (uint64_t s : sizes_) {
     if (s > n) fail(Code::corrupt, "checkpoint " + path_ + " declares a block larger than the file");
     want += s * 4;
@@ -199,6 +206,17 @@ std::vector<float> CheckpointReader::next_block(uint64_t n, const std::string& w
   std::memcpy(out.data(), bytes_.data() + offset_, n * 4);
   offset_ += n * 4;
   ++next_;
+  return out;
+}
+
+std::vector<uint8_t> CheckpointReader::pending_update() {
+  if (next_ != sizes_.size())
+    fail(Code::mismatch, "checkpoint " + path_ + " holds " + std::to_string(sizes_.size() - next_) +
+                             " more blocks than the model has");
+  if (pending_read_) fail(Code::state, "checkpoint " + path_ + ": the pending update was already read");
+  pending_read_ = true;
+  std::vector<uint8_t> out(bytes_.begin() + offset_, bytes_.begin() + offset_ + pending_bytes_);
+  offset_ += pending_bytes_;
   return out;
 }
 

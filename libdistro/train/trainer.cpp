@@ -48,6 +48,7 @@ void validate(const TrainConfig& c) {
   if (c.chunk < 1 || c.chunk > kMaxChunk) bad("chunk must be 1.." + std::to_string(kMaxChunk));
   if (!(c.beta1 >= 0.0f && c.beta1 < 1.0f && c.beta2 >= 0.0f && c.beta2 < 1.0f)) bad("AdamW betas must be in [0, 1)");
   if (!(c.val_fraction >= 0.0 && c.val_fraction < 1.0)) bad("validation fraction must be in [0, 1)");
+  if (c.overlap && c.optimizer != "distro") bad("overlap needs the distro optimizer; AdamW's all-reduce has no update to delay");
 }
 
 struct Trainer::Impl {
@@ -60,6 +61,7 @@ struct Trainer::Impl {
   uint64_t run_id = 0;
   std::vector<int32_t> tokens, targets;
   std::vector<float> host_a, host_b;
+  std::vector<uint8_t> pending;  // overlap: the previous step's encoded merged update, not yet applied
 
   void build(const TrainConfig& c) {
     validate(c);
@@ -112,10 +114,19 @@ struct Trainer::Impl {
         merger.add(payload);
       }
       s.bytes_up_per_peer /= N;
+      // Overlap: the gradients above saw the parameters without the previous step's update; it
+      // lands now, before this step's update is merged against the resulting hash.
+      if (!pending.empty()) {
+        for (auto& peer : peers) peer->apply(pending);
+        pending.clear();
+      }
       std::vector<uint8_t> update =
           encode_update(peers[0]->optimizer().manifest(), merger.finish(s.lr, cfg.weight_decay, peers[0]->hash()));
       s.bytes_down_per_peer = update.size();
-      for (auto& peer : peers) peer->apply(update);
+      if (cfg.overlap && s.step < cfg.steps)
+        pending = std::move(update);
+      else
+        for (auto& peer : peers) peer->apply(update);
     } else {
       // Exact all-reduce: the mean of every peer's gradient, summed in peer order, given to all.
       for (size_t p = 0; p < N; ++p) loss += compute_grad(p, s.step);
@@ -197,6 +208,10 @@ void Trainer::set_total_steps(uint64_t steps) {
     fail(Code::invalid_argument, "steps " + std::to_string(steps) + " is below the " + std::to_string(impl_->done) +
                                      " steps already done");
   impl_->cfg.steps = steps;
+  if (steps == impl_->done && !impl_->pending.empty()) {  // the run ends here: land the delayed update
+    for (auto& peer : impl_->peers) peer->apply(impl_->pending);
+    impl_->pending.clear();
+  }
 }
 
 void Trainer::save(const std::string& dir) const {
@@ -204,6 +219,7 @@ void Trainer::save(const std::string& dir) const {
   CheckpointWriter w;
   w.config = I.cfg;
   w.step = I.done;
+  w.pending_update = I.pending;
   // Per peer, per tensor: the parameters, then the optimizer state (momentum, or m and v).
   for (const auto& peer : I.peers)
     for (size_t t = 0; t < peer->tensor_count(); ++t) {
@@ -233,6 +249,7 @@ std::unique_ptr<Trainer> Trainer::resume(const std::string& dir) {
       }
     }
   }
+  I.pending = r.pending_update();
   r.finish();
   return tr;
 }

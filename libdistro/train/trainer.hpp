@@ -35,6 +35,10 @@ struct TrainConfig {
   uint32_t chunk = 64, topk = 4;
   float decay = 0.999f;
   ValueMode values = ValueMode::sign;
+  // Apply each step's merged update one step late, as Psyche's overlapped training does: a peer
+  // computes step s's gradient while step s-1's update is still on the wire. The last step applies
+  // both, so the run ends with every update in.
+  bool overlap = false;
   // AdamW
   float beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f;
   uint64_t seed = 1;
