@@ -9,6 +9,7 @@
 #include "args.hpp"
 #include "commands.hpp"
 #include "core/error.hpp"
+#include "backend/registry.hpp"
 #include "train/trainer.hpp"
 
 namespace distro::cli {
@@ -19,7 +20,9 @@ static const char* kHelp =
     "usage: distro train [options]\n"
     "  --data FILE          text file (byte tokens) or llm.c token shard (default data/kjv.txt)\n"
     "  --preset NAME        nano (default), micro, small or 1b\n"
-    "  --peers N | LIST     number of CPU peers, or devices: cpu,cpu,cuda:0 (default 4)\n"
+    "  --peers N | LIST     number of peers on --device, or one device per peer: cpu,cpu,cuda:0 (default 4)\n"
+    "  --device DEV         device of the N peers: auto (the best present: a GPU, else the CPU), cpu,\n"
+    "                       cuda:0, ... (default auto)\n"
     "  --optimizer NAME     distro (default) or adamw (exact all-reduce of the gradients)\n"
     "  --steps N            total steps (default 200)\n"
     "  --batch B            sequences per peer per step (default 8)\n"
@@ -43,11 +46,11 @@ static const char* kHelp =
     "  --json FILE          write every logged step and a final summary as JSON\n"
     "  --quiet              no progress output\n";
 
-static std::vector<std::string> parse_peers(const std::string& s) {
+static std::vector<std::string> parse_peers(const std::string& s, const std::string& device) {
   if (!s.empty() && s.find_first_not_of("0123456789") == std::string::npos) {
-    unsigned long n = std::stoul(s);
+    unsigned long n = s.size() > 3 ? 0 : std::stoul(s);
     if (n < 1 || n > 64) throw UsageError("distro train: --peers is " + s + "; expected 1..64 or a device list");
-    return std::vector<std::string>(n, "cpu");
+    return std::vector<std::string>(n, device == "auto" ? best_device_name() : device);
   }
   std::vector<std::string> out;
   std::stringstream ss(s);
@@ -61,7 +64,7 @@ static std::vector<std::string> parse_peers(const std::string& s) {
 
 int cmd_train(const std::vector<std::string>& argv) {
   Args a("distro train", argv,
-         {"data", "preset", "peers", "optimizer", "steps", "batch", "micro-batch", "seq", "lr", "warmup",
+         {"data", "preset", "peers", "device", "optimizer", "steps", "batch", "micro-batch", "seq", "lr", "warmup",
           "min-lr-ratio", "weight-decay", "clip", "topk", "chunk", "decay", "values", "seed", "threads",
           "eval-every", "eval-batches", "checkpoint", "checkpoint-every", "stop-after", "resume", "json", "vocab"},
          {"help", "quiet", "overlap"});
@@ -71,7 +74,7 @@ int cmd_train(const std::vector<std::string>& argv) {
   }
   std::unique_ptr<Trainer> tr;
   if (a.has("resume")) {
-    for (const char* o : {"data", "preset", "peers", "optimizer", "batch", "micro-batch", "seq", "lr", "warmup",
+    for (const char* o : {"data", "preset", "peers", "device", "optimizer", "batch", "micro-batch", "seq", "lr", "warmup",
                           "min-lr-ratio", "weight-decay", "clip", "topk", "chunk", "decay", "values", "seed", "vocab"})
       if (a.has(o))
         throw UsageError(std::string("distro train: --") + o +
@@ -85,7 +88,9 @@ int cmd_train(const std::vector<std::string>& argv) {
     c.data = a.str("data", "data/kjv.txt");
     c.preset = a.str("preset", c.preset);
     c.vocab = int(a.u64("vocab", 0, 0, 1 << 20));
-    c.devices = parse_peers(a.str("peers", "4"));
+    if (a.has("device") && a.has("peers") && a.str("peers", "").find_first_not_of("0123456789") != std::string::npos)
+      throw UsageError("distro train: --device goes with --peers N; a device list names each peer's device already");
+    c.devices = parse_peers(a.str("peers", "4"), a.str("device", "auto"));
     c.optimizer = a.str("optimizer", c.optimizer);
     if (c.optimizer != "distro" && c.optimizer != "adamw")
       throw UsageError("distro train: --optimizer is '" + c.optimizer + "'; expected distro or adamw");
@@ -116,10 +121,12 @@ int cmd_train(const std::vector<std::string>& argv) {
   const bool quiet = a.flag("quiet"), tty = isatty(fileno(stdout)) != 0;
   const size_t N = c.devices.size();
 
+  std::string devices;
+  for (const auto& d : c.devices) devices += (devices.empty() ? "" : ",") + d;
   if (!quiet)
-    std::printf("distro train: %s model, %llu parameters, %zu peers, %s optimizer, %llu steps of %d x %d tokens per peer\n",
-                c.preset.c_str(), (unsigned long long)tr->params(), N, c.optimizer.c_str(), (unsigned long long)c.steps,
-                c.batch, c.seq);
+    std::printf("distro train: %s model, %llu parameters, %zu peers (%s), %s optimizer, %llu steps of %d x %d tokens per peer\n",
+                c.preset.c_str(), (unsigned long long)tr->params(), N, devices.c_str(), c.optimizer.c_str(),
+                (unsigned long long)c.steps, c.batch, c.seq);
   nlohmann::json log = nlohmann::json::array();
   std::vector<double> recent;
   StepStats last;
@@ -184,6 +191,7 @@ int cmd_train(const std::vector<std::string>& argv) {
                             {"tokens", tokens},
                             {"steps", tr->steps_done()},
                             {"peers", N},
+                            {"devices", c.devices},
                             {"params", tr->params()},
                             {"optimizer", c.optimizer},
                             {"preset", c.preset},

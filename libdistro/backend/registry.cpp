@@ -38,3 +38,12 @@ std::unique_ptr<Device> open_device(const std::string& name, unsigned cpu_thread
 }
 
 }  // namespace distro
+
+namespace distro {
+
+std::string best_device_name() {
+  auto cuda = scan_cuda_devices();
+  return cuda.empty() ? "cpu" : cuda.front()->info().name;
+}
+
+}  // namespace distro

@@ -31,4 +31,7 @@ namespace distro {
 // Opens one device by name without keeping the others: "cpu" never scans GPU drivers. Throws
 // Error(not_found) naming the devices present when there is no such device.
 std::unique_ptr<Device> open_device(const std::string& name, unsigned cpu_threads = 0);
+// The name of the fastest device present that runs the whole training step: the first CUDA device
+// when there is one, else "cpu".
+std::string best_device_name();
 }  // namespace distro

@@ -38,6 +38,9 @@ expect 2 "--values is 'fp4'; expected sign or int8" -- "$distro" train --values 
 expect 1 "missing.txt" -- "$distro" train --data "$tmp/missing.txt" --steps 1
 expect 1 "no device named 'cuda:9'" -- "$distro" train --data "$text" --peers cpu,cuda:9 --steps 1
 expect 1 "unknown model preset" -- "$distro" train --data "$text" --preset huge --steps 1
+expect 2 "--device goes with --peers N" -- "$distro" train --data "$text" --peers cpu,cpu --device cpu --steps 1
+expect 1 "no device named 'cuda:9'" -- "$distro" train --data "$text" --peers 2 --device cuda:9 --steps 1
+expect 1 "overlap needs the distro optimizer" -- "$distro" train --data "$text" --optimizer adamw --overlap --steps 1
 expect 1 "no checkpoint at" -- "$distro" train --resume "$tmp/nothing"
 expect 2 "cannot be combined with --resume" -- "$distro" train --resume "$tmp/x" --lr 0.1
 printf 'DSTRCKPTgarbage-garbage-garbage-garbage-garbage-garbage' >"$tmp/bad.bin"
