@@ -9,6 +9,7 @@
 #include <string>
 
 #include "backend/registry.hpp"
+#include "cuda/cublaslt_gemm.hpp"
 #include "cuda/kernels.hpp"
 #include "optim/dct.hpp"
 

@@ -20,6 +20,9 @@
 struct CUstream_st;
 
 namespace distro {
+namespace cuda {
+class LtGemm;
+}
 
 class CudaDevice final : public Device {
  public:
@@ -43,6 +46,8 @@ class CudaDevice final : public Device {
 
   // data must be device memory of this device, 4-byte aligned, holding n floats.
   uint64_t hash(const float* data, uint64_t n, uint64_t salt) override;
+  // Deterministic for this device (kernels/reduce.cu); waits for its answer. cuda_reduce.cpp.
+  double sum_squares(const float* x, uint64_t n) override;
 
   // The DisTrO optimizer ops (kernels/distro_compress.cu, kernels/distro_apply.cu). Every pointer
   // is device memory of this device; a buffer allocated through this object is also checked for
@@ -51,6 +56,37 @@ class CudaDevice final : public Device {
   void apply(const ApplyArgs& a) override;
   uint64_t first_nonfinite_momentum(const float* delta, const float* grad, float beta, float lr,
                                     uint64_t n) override;
+
+  // AdamW and the model ops (cuda_model_ops.cpp; kernels in kernels/*.cu, docs/cuda.md). Arguments
+  // are checked as on the CPU, and every pointer as for compress; the work is queued on the
+  // stream. matmul and attention run on the tensor cores in bf16 with float32 accumulation and
+  // float32 results (cuBLASLt); the other ops are float32. The ops that take ids or targets
+  // (embedding, cross_entropy) copy them to the host to check them (and, for the embedding
+  // backward, to group them), so they wait for the work queued before them.
+  void adamw(const AdamWArgs& a) override;
+  void matmul(float* C, const float* A, const float* B, int64_t M, int64_t N, int64_t K, bool transA,
+              bool transB, float alpha, float beta) override;
+  void embedding_forward(float* out, const float* table, const int32_t* ids, int64_t n, int64_t vocab,
+                         int64_t dim) override;
+  void embedding_backward(float* dtable, const float* dout, const int32_t* ids, int64_t n, int64_t vocab,
+                          int64_t dim) override;
+  void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int64_t rows, int64_t dim,
+                       float eps) override;
+  void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, const float* rstd,
+                        int64_t rows, int64_t dim) override;
+  void rope_forward(float* x, const float* cos, const float* sin, const HeadShape& s) override;
+  void rope_backward(float* dx, const float* cos, const float* sin, const HeadShape& s) override;
+  void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+                         const HeadShape& s) override;
+  void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                          const float* v, const float* out, const float* lse, const HeadShape& s) override;
+  void swiglu_forward(float* h, const float* g, const float* u, int64_t n) override;
+  void swiglu_backward(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t n) override;
+  void cross_entropy(float* loss, float* dlogits, const float* logits, const int32_t* targets, int64_t rows,
+                     int64_t vocab, float scale) override;
+  void add(float* out, const float* a, const float* b, int64_t n) override;
+  void axpy(float* y, const float* x, float alpha, int64_t n) override;
+  void scale(float* x, float alpha, int64_t n) override;
 
  private:
   // Device copies of one edge's DCT tables (optim/dct.hpp), row-major and transposed.
@@ -76,12 +112,27 @@ class CudaDevice final : public Device {
 
   mutable std::mutex alloc_mu_;
   std::map<uintptr_t, size_t> allocs_;  // live allocations made by alloc(): base -> bytes
+  // Every DeviceMemory member comes after allocs_ and alloc_mu_: members are destroyed in reverse
+  // order, and a DeviceMemory's destructor calls release(), which erases from allocs_.
+  DeviceMemory reduce_scratch_;  // sum_squares: per-block partials and the result (guarded by mutex_)
 
   std::mutex basis_mu_;
   std::map<uint32_t, std::unique_ptr<Basis>> bases_;  // by chunk edge, built on first use
 
   std::mutex workspace_mu_;
   DeviceMemory workspace_;  // global scratch of the generic compress kernel, grown on demand
+
+  // Model ops (cuda_model_ops.cpp). model_mu_ guards everything below; an op holds it while it
+  // queues work that uses the scratch.
+  uint8_t* model_scratch(uint64_t bytes);  // at least `bytes`, 256-byte aligned, grown on demand
+  cuda::LtGemm& gemm();                    // created on first use
+  // Copies ids (device, n int32) into host_ids_ and checks each lies in [0, vocab).
+  void model_ids(const int32_t* ids, int64_t n, int64_t vocab, const char* what, const char* op);
+  std::mutex model_mu_;
+  DeviceMemory model_scratch_;
+  std::unique_ptr<cuda::LtGemm> gemm_;
+  std::vector<int32_t> host_ids_;  // ids or targets copied back for checking and grouping
+  std::vector<int32_t> groups_;    // the embedding backward's grouping, uploaded to the scratch
 };
 
 }  // namespace distro

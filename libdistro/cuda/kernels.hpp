@@ -94,4 +94,107 @@ struct ApplyLaunch {
 // Grid and kernel choice are made inside (sm_count multiprocessors on the current device).
 cudaError_t launch_apply(const ApplyLaunch& L, unsigned sm_count, cudaStream_t stream);
 
+// ---- Model ops (kernels/elementwise.cu, embedding.cu, rmsnorm.cu, rope.cu, swiglu.cu,
+// cross_entropy.cu, attention.cu, matmul.cu) and AdamW (kernels/adamw.cu) ----
+// The contracts are the Device ops' (backend/device.hpp); here every pointer is device memory the
+// caller checked, sizes are element counts, and bf16 buffers are uint16_t bit patterns (bfloat16,
+// rounded to nearest even). max_blocks bounds grid-stride grids. Each kernel computes an output
+// element in one thread (or a row in one warp or block) with reductions in a fixed order, so
+// results are the same on every run; no kernel uses floating-point atomics.
+
+// dst[i] = bf16(src[i]): the inputs of the tensor-core matmuls.
+cudaError_t launch_to_bf16(uint16_t* dst, const float* src, uint64_t n, unsigned max_blocks, cudaStream_t stream);
+// out = a + b (out may be a or b); y += alpha * x; x *= alpha.
+cudaError_t launch_add(float* out, const float* a, const float* b, uint64_t n, unsigned max_blocks,
+                       cudaStream_t stream);
+cudaError_t launch_axpy(float* y, const float* x, float alpha, uint64_t n, unsigned max_blocks, cudaStream_t stream);
+cudaError_t launch_scale(float* x, float alpha, uint64_t n, unsigned max_blocks, cudaStream_t stream);
+
+// out[i, :] = table[ids[i], :]. Rows whose id lies outside [0, vocab) are left untouched (the
+// caller checked the ids; the kernel never reads outside the table whatever it is given).
+cudaError_t launch_embedding_forward(float* out, const float* table, const int32_t* ids, uint64_t n,
+                                     uint64_t vocab, uint64_t dim, unsigned max_blocks, cudaStream_t stream);
+// For each group g < groups: dtable[uniq[g], :] += sum of dout[order[s], :] over s in
+// [seg[g], seg[g + 1]), summed in that order starting from the first term (the CPU's order when
+// order lists each id's positions ascending).
+cudaError_t launch_embedding_backward(float* dtable, const float* dout, const int32_t* uniq, const int32_t* seg,
+                                      const int32_t* order, uint64_t groups, uint64_t vocab, uint64_t dim,
+                                      unsigned max_blocks, cudaStream_t stream);
+
+// RMSNorm per row of [rows, dim] (one block per row).
+cudaError_t launch_rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, uint64_t rows,
+                                   uint64_t dim, float eps, unsigned max_blocks, cudaStream_t stream);
+// dx += dL/dx per row.
+cudaError_t launch_rmsnorm_backward_input(float* dx, const float* dy, const float* x, const float* w,
+                                          const float* rstd, uint64_t rows, uint64_t dim, unsigned max_blocks,
+                                          cudaStream_t stream);
+// dw += sum over rows of dy * x * rstd: partial sums over fixed blocks of rows into `workspace`
+// (rmsnorm_weight_workspace(rows, dim) floats), then one ordered sum per column.
+uint64_t rmsnorm_weight_workspace(uint64_t rows, uint64_t dim);
+cudaError_t launch_rmsnorm_backward_weight(float* dw, const float* dy, const float* x, const float* rstd,
+                                           uint64_t rows, uint64_t dim, float* workspace, cudaStream_t stream);
+
+// Rotary embedding in place on x [batch, seq, heads, head_dim] (inverse: the backward).
+cudaError_t launch_rope(float* x, const float* cos, const float* sin, uint64_t batch, uint64_t seq, uint64_t heads,
+                        uint64_t head_dim, bool inverse, unsigned max_blocks, cudaStream_t stream);
+
+cudaError_t launch_swiglu_forward(float* h, const float* g, const float* u, uint64_t n, unsigned max_blocks,
+                                  cudaStream_t stream);
+cudaError_t launch_swiglu_backward(float* dg, float* du, const float* dh, const float* g, const float* u,
+                                   uint64_t n, unsigned max_blocks, cudaStream_t stream);
+
+// One block per row; dlogits may be null or logits itself. A target outside [0, vocab) gives a NaN
+// loss and no one-hot term (the caller checked the targets).
+cudaError_t launch_cross_entropy(float* loss, float* dlogits, const float* logits, const int32_t* targets,
+                                 uint64_t rows, uint64_t vocab, float scale, unsigned max_blocks, cudaStream_t stream);
+
+// Attention's row-wise parts; the products around them are GEMMs. S and dP are [bh, seq, seq]
+// float32 (bh = batch entries x heads of one slice of the batch, batch-major), P and dS the same in
+// bf16; only columns j <= t of row t are read, and columns j > t are written as zeros so the
+// following GEMMs see the causal mask. lse is [bh, seq].
+// Forward: lse = logsumexp_{j<=t} S[t, j]; P[t, j] = exp(S[t, j] - lse).
+cudaError_t launch_attention_softmax(uint16_t* P, float* lse, const float* S, uint64_t bh, uint64_t seq,
+                                     unsigned max_blocks, cudaStream_t stream);
+// Backward: P = exp(S - lse), Dt = sum_j P_j dP_j (which is dout_t . out_t in exact arithmetic),
+// dS = P * (dP - Dt).
+cudaError_t launch_attention_softmax_backward(uint16_t* P, uint16_t* dS, const float* S, const float* dP,
+                                              const float* lse, uint64_t bh, uint64_t seq, unsigned max_blocks,
+                                              cudaStream_t stream);
+
+// A row-major batched GEMM: for each batch entry e < batch,
+//   C_e[M,N] = alpha * op(A_e) op(B_e) + beta * C_e (beta == 0: C is not read),
+// op(A) [M,K] (A stored [K,M] when transA), op(B) [K,N] (B stored [N,K] when transB); ld* are the
+// row strides of the matrices as stored, stride* the distance between batch entries (elements).
+struct GemmArgs {
+  int64_t M = 0, N = 0, K = 0;
+  bool transA = false, transB = false;
+  int64_t lda = 0, ldb = 0, ldc = 0;
+  int64_t strideA = 0, strideB = 0, strideC = 0;
+  int64_t batch = 1;
+};
+// The plain fallback of cublaslt_gemm.cpp for shapes cuBLASLt offers no algorithm for (and the
+// DISTRO_CUDA_GEMM=fallback switch): bf16 inputs, float32 accumulation in k order, float32 C.
+cudaError_t launch_gemm_bf16_fallback(const GemmArgs& g, const uint16_t* A, const uint16_t* B, float* C,
+                                      float alpha, float beta, cudaStream_t stream);
+
+// AdamW over n elements with the CPU's float32 expression order (bc1, bc2: the bias corrections
+// 1 - beta^t, computed by the caller as the CPU does).
+struct AdamWLaunch {
+  float* params = nullptr;
+  const float* grad = nullptr;
+  float* m = nullptr;
+  float* v = nullptr;
+  uint64_t n = 0;
+  float lr = 0.0f, beta1 = 0.0f, beta2 = 0.0f, eps = 0.0f, weight_decay = 0.0f, bc1 = 1.0f, bc2 = 1.0f;
+};
+cudaError_t launch_adamw(const AdamWLaunch& L, unsigned max_blocks, cudaStream_t stream);
+
+// ---- Reductions (kernels/reduce.cu) ----
+
+// *out = sum over i < n of double(x[i])^2, deterministic for a given `blocks` (1..kSumSquaresMaxBlocks):
+// partial (device, `blocks` doubles) takes one sum per block, then one block adds them in order.
+inline constexpr unsigned kSumSquaresMaxBlocks = 1024;
+cudaError_t launch_sum_squares(const float* x, uint64_t n, double* partial, unsigned blocks, double* out,
+                               cudaStream_t stream);
+
 }  // namespace distro::cuda

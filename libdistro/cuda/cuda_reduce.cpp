@@ -1,0 +1,33 @@
+// CudaDevice's reductions (kernels/reduce.cu).
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+
+#include "cuda/cuda_device.hpp"
+#include "cuda/kernels.hpp"
+
+namespace distro {
+
+double CudaDevice::sum_squares(const float* x, uint64_t n) {
+  if (n == 0) return 0.0;
+  check_range(x, n * 4, "x", "sum_squares");
+  activate();
+  // The grid depends only on the device (its SM count), so the sum's rounding is fixed per device.
+  const unsigned blocks = std::min<unsigned>(cuda::kSumSquaresMaxBlocks, sm_count_ * 4);
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!reduce_scratch_.data()) reduce_scratch_ = alloc((cuda::kSumSquaresMaxBlocks + 1) * sizeof(double));
+  double* partial = reduce_scratch_.as<double>();
+  double* out = partial + cuda::kSumSquaresMaxBlocks;
+  cudaError_t err = cuda::launch_sum_squares(x, n, partial, blocks, out, stream_);
+  double result = 0.0;
+  if (err == cudaSuccess) err = cudaMemcpyAsync(&result, out, sizeof result, cudaMemcpyDeviceToHost, stream_);
+  if (err == cudaSuccess) err = cudaStreamSynchronize(stream_);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    fail(Code::device, info().name + ": sum_squares failed: " + cudaGetErrorName(err) + " (" +
+                           cudaGetErrorString(err) + ")");
+  }
+  return result;
+}
+
+}  // namespace distro
