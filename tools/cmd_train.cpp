@@ -150,19 +150,22 @@ int cmd_train(const std::vector<std::string>& argv) {
                           {"tokens_per_s", double(last.tokens) / last.seconds},
                           {"bytes_up_per_peer", last.bytes_up_per_peer},
                           {"bytes_down_per_peer", last.bytes_down_per_peer},
-                          {"seconds", last.seconds}};
+                          {"seconds", last.seconds},
+                          {"hashes", last.hashes}};
     if (eval_now) {
       val = tr->evaluate();
       row["val_loss"] = val;
     }
     log.push_back(row);
     if (!quiet) {
-      char line[256];
-      std::snprintf(line, sizeof line, "step %llu/%llu  loss %.4f%s  lr %.2e  %.0f tok/s  up %llu B  down %llu B",
+      char line[320];
+      // The replicas' common hash (the trainer stops with an error if any peer's differs).
+      std::snprintf(line, sizeof line,
+                    "step %llu/%llu  loss %.4f%s  lr %.2e  %.0f tok/s  up %llu B  down %llu B  hash %016llx x%zu",
                     (unsigned long long)last.step, (unsigned long long)c.steps, last.train_loss,
                     eval_now ? (" val " + std::to_string(val).substr(0, 6)).c_str() : "", last.lr,
                     double(last.tokens) / last.seconds, (unsigned long long)last.bytes_up_per_peer,
-                    (unsigned long long)last.bytes_down_per_peer);
+                    (unsigned long long)last.bytes_down_per_peer, (unsigned long long)last.hashes[0], last.hashes.size());
       if (tty) {
         int width = 24, filled = int(double(width) * double(last.step) / double(c.steps));
         std::printf("\r[%s%s] %s\033[K", std::string(filled, '#').c_str(), std::string(width - filled, ' ').c_str(), line);

@@ -5,7 +5,7 @@
 #   [DEPS_DIR=DIR] [FALLBACK_BIN=DIR] [PROFILE=1] bench/gpu/run_on_device.sh [BIN_DIR]
 #
 # Without BIN_DIR the script configures and builds here: CMake + Ninja, CUDA arch 90, Release,
-# GUI and Vulkan off, tests on, into build-gpu/ (targets distro_gpu_tests and distro_gpu_bench).
+# GUI and Vulkan off, tests on, into build-gpu/ (the GPU tests, both GPU benchmarks and distro).
 # That needs OpenSSL's headers, Catch2 2, nlohmann/json, asio and SQLite; DEPS_DIR may hold the last four as a
 # prefix (DIR/include/catch2, DIR/include/nlohmann, DIR/lib/cmake/Catch2), e.g. copied from a
 # Debian machine into the ignored folder .gpu-deps/deps and carried. If the build fails and
@@ -17,7 +17,11 @@
 #   1. the GPU tests (tests/gpu: device, hash, optimizer ops against the CPU, CPU/GPU peers);
 #   2. the optimizer-step benchmark (ours) -> ours.json;
 #   3. the PyTorch DeMo reference, fused AdamW and copy bandwidth -> ref.json;
-#   4. compute-sanitizer: memcheck over the optimizer tests, racecheck over a small benchmark;
+#   3b. (TRAIN=1, the default) training throughput, ours (distro_gpu_train_bench) against
+#       transformers' Llama (bench/reference/llama_torch_train.py) for small and 1b -> train_*.json,
+#       and `distro train --peers cpu,cuda:0` with its per-step hashes;
+#   4. compute-sanitizer (SANITIZE=1, the default): memcheck over the optimizer and model tests,
+#      racecheck over a small benchmark;
 #   5. (PROFILE=1) Nsight Compute sections of one compress and one apply kernel;
 #   6. the summary and the table.
 # Logs go to a work folder; $OUT, when set, receives ours.json, ref.json, table.md and logs.tar.gz.
@@ -43,7 +47,7 @@ if [ -z "$BIN" ]; then
   t0=$SECONDS
   if cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
        -DDISTRO_GUI=OFF -DDISTRO_VULKAN=OFF -DDISTRO_TESTS=ON "${EXTRA[@]}" >"$OUT/build.log" 2>&1 &&
-     ninja -C "$BUILD" distro_gpu_tests distro_gpu_bench >>"$OUT/build.log" 2>&1; then
+     ninja -C "$BUILD" distro_gpu_tests distro_gpu_bench distro_gpu_train_bench distro_cli >>"$OUT/build.log" 2>&1; then
     BIN=$BUILD/bin
     echo "built here in $((SECONDS - t0)) s: $BIN"
   else
@@ -80,16 +84,44 @@ run_step "benchmark (PyTorch)" 240 "$OUT/ref.log" \
   python3 bench/reference/demo_reference.py --json "$OUT/ref.json"
 cat "$OUT/ref.log"
 
-if command -v compute-sanitizer >/dev/null; then
+if [ "${TRAIN:-1}" = 1 ]; then
+  # small: the baseline's batch 16 x 1024. 1b: batch 8 x 2048, ours in micro-batches of 1 (the
+  # memory budget of a 24 GB card), PyTorch whole, as in ../shared/reference/gpu-baselines.md.
+  run_step "train small (ours)" 150 "$OUT/train_small_ours.log" "$BIN/distro_gpu_train_bench" --preset small \
+    --batch 16 --seq 1024 --steps 5 --warmup 2 --json "$OUT/train_small_ours.json"
+  tail -9 "$OUT/train_small_ours.log"
+  run_step "train small (PyTorch)" 150 "$OUT/train_small_torch.log" python3 bench/reference/llama_torch_train.py \
+    --preset small --batch 16 --seq 1024 --steps 5 --warmup 2 --json "$OUT/train_small_torch.json"
+  tail -2 "$OUT/train_small_torch.log"
+  run_step "train 1b (ours)" 200 "$OUT/train_1b_ours.log" "$BIN/distro_gpu_train_bench" --preset 1b \
+    --batch 8 --micro-batch 1 --seq 2048 --steps 4 --warmup 2 --json "$OUT/train_1b_ours.json"
+  tail -9 "$OUT/train_1b_ours.log"
+  run_step "train 1b (PyTorch)" 200 "$OUT/train_1b_torch.log" python3 bench/reference/llama_torch_train.py \
+    --preset 1b --batch 8 --seq 2048 --steps 4 --warmup 2 --json "$OUT/train_1b_torch.json"
+  tail -2 "$OUT/train_1b_torch.log"
+  run_step "distro train cpu,cuda:0" 120 "$OUT/mixed.log" "$BIN/distro" train --data tests/data/genesis.txt \
+    --preset nano --peers cpu,cuda:0 --steps 20 --batch 4 --seq 64 --eval-every 0 --json "$OUT/mixed.json"
+  python3 - "$OUT/mixed.json" <<'PY' || true
+import json, sys
+j = json.load(open(sys.argv[1]))
+steps = [s for s in j.get("steps", []) if "hashes" in s]
+same = all(len(set(s["hashes"])) == 1 for s in steps)
+print(f"cpu,cuda:0: {len(steps)} logged steps, equal hashes at every one: {same}")
+for s in steps[:3] + steps[-2:]:
+    print(f"  step {s['step']}: {s['hashes']}")
+PY
+fi
+
+if [ "${SANITIZE:-1}" = 1 ] && command -v compute-sanitizer >/dev/null; then
   run_step "compute-sanitizer memcheck" "${SANITIZER_LIMIT:-240}" "$OUT/memcheck.log" \
     compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 \
-    "$BIN/distro_gpu_tests" "[optimizer]"
+    "$BIN/distro_gpu_tests" "[optimizer],[model]"
   grep -E "ERROR SUMMARY|Invalid|out of bounds" "$OUT/memcheck.log" | head -10
 else
   summary+=("compute-sanitizer: not installed")
 fi
 
-if command -v compute-sanitizer >/dev/null; then
+if [ "${SANITIZE:-1}" = 1 ] && command -v compute-sanitizer >/dev/null; then
   # Shared-memory races in the chunk loops: a 4096x4096 tensor, ~10 chunks per persistent block.
   run_step "compute-sanitizer racecheck" "${RACECHECK_LIMIT:-240}" "$OUT/racecheck.log" \
     compute-sanitizer --tool racecheck --error-exitcode 9 \
@@ -117,11 +149,16 @@ grep -E "RACECHECK SUMMARY|ERROR SUMMARY" "$OUT/racecheck.log" 2>/dev/null | tai
 echo
 if [ -f "$OUT/ours.json" ] && [ -f "$OUT/ref.json" ]; then
   python3 bench/gpu/table.py "$OUT/ours.json" "$OUT/ref.json" --md "$OUT/table.md"
+  for p in small 1b; do
+    [ -f "$OUT/train_${p}_ours.json" ] && [ -f "$OUT/train_${p}_torch.json" ] &&
+      python3 bench/gpu/train_table.py "$OUT/train_${p}_ours.json" "$OUT/train_${p}_torch.json" | tee -a "$OUT/table.md"
+  done
 else
   echo "no table: a benchmark step failed (logs in $OUT)"
 fi
 if [ -n "$FINAL" ]; then
   mkdir -p "$FINAL"
-  for f in ours.json ref.json table.md; do [ -f "$OUT/$f" ] && cp "$OUT/$f" "$FINAL/"; done
+  for f in ours.json ref.json table.md mixed.json train_small_ours.json train_small_torch.json train_1b_ours.json \
+    train_1b_torch.json; do [ -f "$OUT/$f" ] && cp "$OUT/$f" "$FINAL/"; done
   tar czf "$FINAL/logs.tar.gz" -C "$OUT" .
 fi
