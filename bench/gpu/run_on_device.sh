@@ -15,8 +15,8 @@
 #
 # Steps, each with its own time limit so that the table always prints:
 #   1. the GPU tests (tests/gpu: device, hash, optimizer ops against the CPU, CPU/GPU peers);
-#   2. the optimizer-step benchmark (ours) -> ours.json;
-#   3. the PyTorch DeMo reference, fused AdamW and copy bandwidth -> ref.json;
+#   2. (OPTBENCH=1, the default) the optimizer-step benchmark (ours) -> ours.json;
+#   3. (OPTBENCH=1) the PyTorch DeMo reference, fused AdamW and copy bandwidth -> ref.json;
 #   3b. (TRAIN=1, the default) training throughput, ours (distro_gpu_train_bench) against
 #       transformers' Llama (bench/reference/llama_torch_train.py) for small and 1b -> train_*.json,
 #       and `distro train --peers cpu,cuda:0` with its per-step hashes;
@@ -77,12 +77,14 @@ run_step() {  # name, limit_s, log, command...
 run_step "gpu tests" 300 "$OUT/tests.log" "$BIN/distro_gpu_tests" --durations yes
 grep -E "passed|failed|FAILED|seed" "$OUT/tests.log" | tail -15
 
-run_step "benchmark (ours)" 200 "$OUT/ours.log" "$BIN/distro_gpu_bench" --json "$OUT/ours.json"
-cat "$OUT/ours.log"
+if [ "${OPTBENCH:-1}" = 1 ]; then
+  run_step "benchmark (ours)" 200 "$OUT/ours.log" "$BIN/distro_gpu_bench" --json "$OUT/ours.json"
+  cat "$OUT/ours.log"
 
-run_step "benchmark (PyTorch)" 240 "$OUT/ref.log" \
-  python3 bench/reference/demo_reference.py --json "$OUT/ref.json"
-cat "$OUT/ref.log"
+  run_step "benchmark (PyTorch)" 240 "$OUT/ref.log" \
+    python3 bench/reference/demo_reference.py --json "$OUT/ref.json"
+  cat "$OUT/ref.log"
+fi
 
 if [ "${TRAIN:-1}" = 1 ]; then
   # small: the baseline's batch 16 x 1024. 1b: batch 8 x 2048, ours in micro-batches of 1 (the
@@ -149,13 +151,16 @@ grep -E "RACECHECK SUMMARY|ERROR SUMMARY" "$OUT/racecheck.log" 2>/dev/null | tai
 echo
 if [ -f "$OUT/ours.json" ] && [ -f "$OUT/ref.json" ]; then
   python3 bench/gpu/table.py "$OUT/ours.json" "$OUT/ref.json" --md "$OUT/table.md"
-  for p in small 1b; do
-    [ -f "$OUT/train_${p}_ours.json" ] && [ -f "$OUT/train_${p}_torch.json" ] &&
-      python3 bench/gpu/train_table.py "$OUT/train_${p}_ours.json" "$OUT/train_${p}_torch.json" | tee -a "$OUT/table.md"
-  done
-else
-  echo "no table: a benchmark step failed (logs in $OUT)"
+elif [ "${OPTBENCH:-1}" = 1 ]; then
+  echo "no optimizer table: a benchmark step failed (logs in $OUT)"
 fi
+for p in small 1b; do
+  if [ -f "$OUT/train_${p}_ours.json" ] && [ -f "$OUT/train_${p}_torch.json" ]; then
+    python3 bench/gpu/train_table.py "$OUT/train_${p}_ours.json" "$OUT/train_${p}_torch.json" | tee -a "$OUT/table.md"
+  elif [ "${TRAIN:-1}" = 1 ]; then
+    echo "no $p training table: a benchmark step failed (logs in $OUT)"
+  fi
+done
 if [ -n "$FINAL" ]; then
   mkdir -p "$FINAL"
   for f in ours.json ref.json table.md mixed.json train_small_ours.json train_small_torch.json train_1b_ours.json \
