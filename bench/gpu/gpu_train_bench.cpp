@@ -98,6 +98,7 @@ int main(int argc, char** argv) {
     cfg.batch = o.batch;
     cfg.micro_batch = o.micro_batch;
     cfg.seq = o.seq;
+    cfg.data = "(random tokens)";  // the replica never reads it; validate() asks for a source
     const LlamaConfig mc = llama_preset(o.preset);
     if (o.seq > mc.max_seq) usage("--seq exceeds the preset's maximum " + std::to_string(mc.max_seq));
     validate(cfg);

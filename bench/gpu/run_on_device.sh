@@ -119,7 +119,7 @@ if [ "${SANITIZE:-1}" = 1 ] && command -v compute-sanitizer >/dev/null; then
     compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 \
     "$BIN/distro_gpu_tests" "[optimizer],[model]"
   grep -E "ERROR SUMMARY|Invalid|out of bounds" "$OUT/memcheck.log" | head -10
-else
+elif [ "${SANITIZE:-1}" = 1 ]; then
   summary+=("compute-sanitizer: not installed")
 fi
 
