@@ -29,6 +29,7 @@
 #include "optim/merger.hpp"
 #include "synthetic.hpp"
 #include "train/replica.hpp"
+#include "optim/optimizer.hpp"
 #include "wire/codec.hpp"
 
 using namespace distro;
@@ -112,7 +113,7 @@ int main(int argc, char** argv) {
     const size_t n = size_t(o.batch) * o.seq;
     std::vector<int32_t> tokens(n), targets(n);
     std::mt19937_64 rng(12345);
-    std::vector<double> step_s, fb_s, opt_s;
+    std::vector<double> step_s, fb_s, opt_s, compress_s, encode_s, merge_s, apply_s;
     uint64_t up = 0, down = 0;
     double loss = 0.0;
     for (unsigned s = 1; s <= o.warmup + o.steps; ++s) {
@@ -124,15 +125,29 @@ int main(int argc, char** argv) {
       peer.device().synchronize();
       const double t1 = bench::now_seconds();
       const float lr = 4e-4f;
-      std::vector<uint8_t> payload = peer.compress(s, lr);
-      Merger merger(peer.optimizer().manifest(), run_id, s);
+      // The node's part: compress on the device and encode; the coordinator's part: merge and
+      // encode the update; the node again: decode, apply and hash. Each timed on its own.
+      Optimizer& opt = peer.optimizer();
+      PeerPayload pp = opt.compress(s, lr);
+      peer.device().synchronize();
+      const double t_c = bench::now_seconds();
+      std::vector<uint8_t> payload = encode_payload(opt.manifest(), pp);
+      const double t_e = bench::now_seconds();
+      Merger merger(opt.manifest(), run_id, s);
       merger.add(payload);
-      std::vector<uint8_t> update = encode_update(peer.optimizer().manifest(), merger.finish(lr, 0.0f, peer.hash()));
+      std::vector<uint8_t> update = encode_update(opt.manifest(), merger.finish(lr, 0.0f, peer.hash()));
+      const double t_m = bench::now_seconds();
       peer.apply(update);
       const uint64_t h = peer.hash();
       (void)h;
       peer.device().synchronize();
       const double t2 = bench::now_seconds();
+      if (s > o.warmup) {
+        compress_s.push_back(t_c - t1);
+        encode_s.push_back(t_e - t_c);
+        merge_s.push_back(t_m - t_e);
+        apply_s.push_back(t2 - t_m);
+      }
       if (s > o.warmup) {
         step_s.push_back(t2 - t0);
         fb_s.push_back(t1 - t0);
@@ -151,6 +166,13 @@ int main(int argc, char** argv) {
     std::printf("%-34s %.1f ms\n", "step (median)", step * 1e3);
     std::printf("%-34s %.1f ms\n", "forward+backward+norm+clip", fb * 1e3);
     std::printf("%-34s %.1f ms\n", "compress+merge+apply+hash", opt * 1e3);
+    const double cm = bench::median(compress_s), en = bench::median(encode_s), me = bench::median(merge_s),
+                 ap = bench::median(apply_s);
+    std::printf("%-34s %.1f ms\n", "  compress (device, gradient check)", cm * 1e3);
+    std::printf("%-34s %.1f ms\n", "  encode payload (host)", en * 1e3);
+    std::printf("%-34s %.1f ms\n", "  merge + encode update (coordinator)", me * 1e3);
+    std::printf("%-34s %.1f ms\n", "  decode + apply + hash", ap * 1e3);
+    std::printf("%-34s %.0f\n", "tokens/s without the merge", double(n) / (step - me));
     std::printf("%-34s %.0f\n", "tokens/s", tok_s);
     std::printf("%-34s %.3f\n", "MFU", mfu);
     std::printf("%-34s %.2f GB (%.2f GB before start)\n", "device memory in use", used / 1e9, base_used / 1e9);
@@ -162,7 +184,9 @@ int main(int argc, char** argv) {
                           {"fwd_bwd_ms", fb * 1e3},   {"optimizer_ms", opt * 1e3}, {"tokens_per_s", tok_s},
                           {"mfu", mfu},               {"memory_used_bytes", used}, {"memory_before_bytes", base_used},
                           {"payload_bytes", up},      {"update_bytes", down}, {"loss", loss},
-                          {"device", peer.device().info().description}};
+                          {"device", peer.device().info().description},
+                          {"compress_ms", cm * 1e3}, {"encode_ms", en * 1e3}, {"merge_ms", me * 1e3},
+                          {"apply_ms", ap * 1e3}, {"tokens_per_s_node", double(n) / (step - me)}};
       std::ofstream(o.json) << j.dump(2) << "\n";
     }
     return 0;
