@@ -176,11 +176,96 @@ static void round_trip(void) {
   for (p = 0; p < PEERS; ++p) EXPECT(distro_optimizer_destroy(o[p]) == DISTRO_OK);
 }
 
+/* Copies a file byte for byte; 0 on success. */
+static int copy_file(const char *from, const char *to) {
+  FILE *in = fopen(from, "rb"), *out = in ? fopen(to, "wb") : NULL;
+  char buf[4096];
+  size_t n;
+  int rc = in && out ? 0 : -1;
+  while (rc == 0 && (n = fread(buf, 1, sizeof buf, in)) > 0)
+    if (fwrite(buf, 1, n, out) != n) rc = -1;
+  if (in) fclose(in);
+  if (out && fclose(out) != 0) rc = -1;
+  return rc;
+}
+
+/* The contribution history over a copy of tests/data/ledger-v1.sqlite (the C++ ledger test writes
+ * and checks that file: three rounds of alice and bob, carol refused in round 2). A copy, because
+ * even a read-only reader of a WAL database leaves -wal and -shm files beside it. */
+static void history(void) {
+  const char *copy = "distro_capi_history.sqlite", *junk = "distro_capi_history_junk.sqlite";
+  distro_history *h = NULL;
+  distro_node_totals t = DISTRO_NODE_TOTALS_INIT;
+  distro_contribution c = DISTRO_CONTRIBUTION_INIT;
+  size_t n = 0, i;
+  uint64_t last = 0;
+  FILE *f;
+
+  EXPECT(copy_file(DISTRO_TEST_DATA "/ledger-v1.sqlite", copy) == 0);
+  f = fopen(junk, "wb");
+  EXPECT(f != NULL);
+  if (f) {
+    for (i = 0; i < 5000; ++i) fputc((int)((i * 2654435761u) >> 13) & 0xFF, f);
+    fclose(f);
+  }
+  EXPECT_STATUS(distro_history_open(NULL, copy), DISTRO_ERR_INVALID_ARGUMENT, "out is NULL");
+  EXPECT_STATUS(distro_history_open(&h, NULL), DISTRO_ERR_INVALID_ARGUMENT, "path is NULL");
+  EXPECT_STATUS(distro_history_open(&h, "no/such/ledger.sqlite"), DISTRO_ERR_NOT_FOUND, "no such file");
+  EXPECT_STATUS(distro_history_open(&h, junk), DISTRO_ERR_CORRUPT, "not a SQLite database");
+  EXPECT(h == NULL);
+
+  EXPECT(distro_history_open(&h, copy) == DISTRO_OK);
+  EXPECT(distro_history_last_round(&last, h) == DISTRO_OK && last == 3);
+  /* Nothing queried yet: no entries. */
+  EXPECT_STATUS(distro_history_get_totals(&t, h, 0), DISTRO_ERR_NOT_FOUND, "holds 0 entries");
+  EXPECT(distro_history_query_totals(&n, h) == DISTRO_OK && n == 3);
+  EXPECT(distro_history_get_totals(&t, h, 0) == DISTRO_OK);
+  EXPECT(strcmp(t.node, "alice") == 0 && t.rounds == 3 && t.tokens == 4096 && t.rejected == 0);
+  EXPECT(t.bytes_up == 980 && t.bytes_down == 3006);
+  EXPECT(t.first_ms == 1700000001000LL && t.last_ms == 1700000003000LL);
+  EXPECT(distro_history_get_totals(&t, h, 2) == DISTRO_OK);
+  EXPECT(strcmp(t.node, "carol") == 0 && t.rounds == 0 && t.rejected == 1 && t.tokens == 0 && t.bytes_up == 40);
+  EXPECT_STATUS(distro_history_get_totals(&t, h, 3), DISTRO_ERR_NOT_FOUND, "out of range");
+  t.struct_size = 8;
+  EXPECT_STATUS(distro_history_get_totals(&t, h, 0), DISTRO_ERR_SIZE, "struct_size is 8");
+
+  /* One node's contributions, newest first. */
+  EXPECT(distro_history_query_contributions(&n, h, "bob", 0) == DISTRO_OK && n == 3);
+  for (i = 0; i < n; ++i) {
+    EXPECT(distro_history_get_contribution(&c, h, i) == DISTRO_OK);
+    EXPECT(strcmp(c.node, "bob") == 0 && c.step == 3 - i && c.accepted == 1 && c.reason[0] == '\0');
+  }
+  EXPECT(c.bytes_up == 310 && c.bytes_down == 1001 && c.tokens == 1024 && c.unix_ms == 1700000001000LL);
+  EXPECT(distro_history_query_contributions(&n, h, "carol", 0) == DISTRO_OK && n == 1);
+  EXPECT(distro_history_get_contribution(&c, h, 0) == DISTRO_OK);
+  EXPECT(c.step == 2 && c.accepted == 0 && strcmp(c.reason, "wrong step") == 0 && c.tokens == 512);
+  /* Every node's, limited. */
+  EXPECT(distro_history_query_contributions(&n, h, NULL, 2) == DISTRO_OK && n == 2);
+  EXPECT(distro_history_get_contribution(&c, h, 1) == DISTRO_OK && c.step == 3 && strcmp(c.node, "bob") == 0);
+  EXPECT(distro_history_query_contributions(&n, h, "", 0) == DISTRO_OK && n == 7);
+  EXPECT(distro_history_query_contributions(&n, h, "nobody", 0) == DISTRO_OK && n == 0);
+  EXPECT_STATUS(distro_history_get_contribution(&c, h, 0), DISTRO_ERR_NOT_FOUND, "holds 0 entries");
+  c.struct_size = 8;
+  EXPECT_STATUS(distro_history_get_contribution(&c, h, 0), DISTRO_ERR_SIZE, "struct_size is 8");
+  EXPECT_STATUS(distro_history_query_totals(NULL, h), DISTRO_ERR_INVALID_ARGUMENT, "out_count is NULL");
+
+  EXPECT(distro_history_destroy(h) == DISTRO_OK);
+  EXPECT_STATUS(distro_history_destroy(h), DISTRO_ERR_INVALID_ARGUMENT, "not live");
+  EXPECT_STATUS(distro_history_last_round(&last, h), DISTRO_ERR_INVALID_ARGUMENT, "not live");
+  EXPECT_STATUS(distro_history_last_round(&last, NULL), DISTRO_ERR_INVALID_ARGUMENT, "history is NULL");
+  EXPECT(distro_history_destroy(NULL) == DISTRO_OK);
+  remove(copy);
+  remove("distro_capi_history.sqlite-wal");
+  remove("distro_capi_history.sqlite-shm");
+  remove(junk);
+}
+
 int main(void) {
   versions();
   devices();
   misuse();
   round_trip();
+  history();
   printf("%d passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;
 }

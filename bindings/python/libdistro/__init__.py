@@ -13,6 +13,9 @@
     with libdistro.Trainer("corpus.txt", peers=2, steps=100) as t:   # the built-in model, N local peers
         stats = [t.step() for _ in range(100)]
 
+    with libdistro.History("run.ledger") as h:    # a coordinator's contribution ledger, read-only
+        print(h.totals(), h.contributions("alice", limit=10), h.last_round())
+
 The shared library is found through $LIBDISTRO_LIBRARY, the in-tree build, or the system (see _lib).
 """
 
@@ -40,6 +43,7 @@ from .errors import (
     StateError,
     Unsupported,
 )
+from .history import Contribution, History, NodeTotals
 from .optimizer import Merger, Optimizer, inspect
 from .trainer import Trainer
 
@@ -66,6 +70,9 @@ __all__ = [
     "Merger",
     "inspect",
     "Trainer",
+    "History",
+    "NodeTotals",
+    "Contribution",
     "DistroError",
     "InvalidArgument",
     "SizeError",

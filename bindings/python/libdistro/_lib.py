@@ -26,6 +26,7 @@ from ctypes import (
     c_double,
     c_float,
     c_int,
+    c_int64,
     c_size_t,
     c_uint8,
     c_uint32,
@@ -248,6 +249,38 @@ class TrainerInfo(_Struct):
     ]
 
 
+class NodeTotals(_Struct):
+    """struct distro_node_totals"""
+
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("node", c_char * 128),
+        ("rounds", c_uint64),
+        ("tokens", c_uint64),
+        ("bytes_up", c_uint64),
+        ("bytes_down", c_uint64),
+        ("rejected", c_uint64),
+        ("first_ms", c_int64),
+        ("last_ms", c_int64),
+    ]
+
+
+class Contribution(_Struct):
+    """struct distro_contribution"""
+
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("node", c_char * 128),
+        ("step", c_uint64),
+        ("bytes_up", c_uint64),
+        ("bytes_down", c_uint64),
+        ("tokens", c_uint64),
+        ("accepted", c_int),
+        ("reason", c_char * 256),
+        ("unix_ms", c_int64),
+    ]
+
+
 # Opaque handles: distinct pointer types, so one kind of handle cannot be passed for another.
 class Devices(Structure):
     """struct distro_devices (opaque)"""
@@ -265,10 +298,15 @@ class TrainerHandle(Structure):
     """struct distro_trainer (opaque)"""
 
 
+class HistoryHandle(Structure):
+    """struct distro_history (opaque)"""
+
+
 DevicesPtr = POINTER(Devices)
 OptimizerPtr = POINTER(OptimizerHandle)
 MergerPtr = POINTER(MergerHandle)
 TrainerPtr = POINTER(TrainerHandle)
+HistoryPtr = POINTER(HistoryHandle)
 BytesPtr = POINTER(c_uint8)
 
 # ------------------------------------------------------------------------------------------------
@@ -323,6 +361,14 @@ PROTOTYPES = [
     ("distro_trainer_save", c_int, [TrainerPtr, c_char_p]),
     ("distro_trainer_get_info", c_int, [POINTER(TrainerInfo), TrainerPtr]),
     ("distro_trainer_set_total_steps", c_int, [TrainerPtr, c_uint64]),
+    # Contribution history
+    ("distro_history_open", c_int, [POINTER(HistoryPtr), c_char_p]),
+    ("distro_history_destroy", c_int, [HistoryPtr]),
+    ("distro_history_last_round", c_int, [POINTER(c_uint64), HistoryPtr]),
+    ("distro_history_query_totals", c_int, [POINTER(c_size_t), HistoryPtr]),
+    ("distro_history_get_totals", c_int, [POINTER(NodeTotals), HistoryPtr, c_size_t]),
+    ("distro_history_query_contributions", c_int, [POINTER(c_size_t), HistoryPtr, c_char_p, c_uint64]),
+    ("distro_history_get_contribution", c_int, [POINTER(Contribution), HistoryPtr, c_size_t]),
 ]
 
 # ------------------------------------------------------------------------------------------------

@@ -414,6 +414,82 @@ DISTRO_API int distro_trainer_get_info(distro_trainer_info *out, const distro_tr
  * Errors: INVALID_ARGUMENT. */
 DISTRO_API int distro_trainer_set_total_steps(distro_trainer *trainer, uint64_t steps);
 
+/* ---------------------------------------------------------------------------------------------
+ * Contribution history
+ *
+ * A coordinator keeps a ledger (a SQLite file) of every committed round and of each node's
+ * contribution to it: bytes up and down, tokens trained, accepted or refused and why. A history
+ * handle opens a ledger read-only, so an app can show a person's contributions while the
+ * coordinator goes on writing it; every query sees whole rounds only. Use it like this:
+ *   1. distro_history_open with the ledger's path;
+ *   2. distro_history_query_totals (one entry per node) or distro_history_query_contributions (one
+ *      node's or every node's, newest first) takes a snapshot into the handle and gives its count;
+ *   3. distro_history_get_totals / distro_history_get_contribution read the snapshot's entries by
+ *      index; they stay valid until the next query of the same kind on this handle.
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct distro_history distro_history;
+
+typedef struct distro_node_totals {
+  size_t struct_size;   /* sizeof(distro_node_totals) */
+  char node[128];       /* the node's name (at most 127 bytes, NUL-terminated) */
+  uint64_t rounds;      /* rounds with an accepted contribution */
+  uint64_t tokens;      /* tokens trained in its accepted contributions */
+  uint64_t bytes_up;    /* sent, over all its contributions (refused ones too) */
+  uint64_t bytes_down;  /* received, over all its contributions */
+  uint64_t rejected;    /* contributions refused */
+  int64_t first_ms;     /* its first and last contribution, ms since 1970-01-01 UTC */
+  int64_t last_ms;
+} distro_node_totals;
+
+#define DISTRO_NODE_TOTALS_INIT {sizeof(distro_node_totals), {0}, 0, 0, 0, 0, 0, 0, 0}
+
+typedef struct distro_contribution {
+  size_t struct_size;   /* sizeof(distro_contribution) */
+  char node[128];       /* the node's name, NUL-terminated */
+  uint64_t step;        /* the round */
+  uint64_t bytes_up;    /* its payload on the wire */
+  uint64_t bytes_down;  /* the merged update it received */
+  uint64_t tokens;      /* tokens it trained for the round */
+  int accepted;         /* 1: merged into the round's update; 0: refused (see reason) */
+  char reason[256];     /* why it was refused, "" when accepted (NUL-terminated, at most 255 bytes) */
+  int64_t unix_ms;      /* when it was recorded, ms since 1970-01-01 UTC */
+} distro_contribution;
+
+#define DISTRO_CONTRIBUTION_INIT {sizeof(distro_contribution), {0}, 0, 0, 0, 0, 0, {0}, 0}
+
+/* Opens the ledger at path (UTF-8 or the platform's bytes) read-only; nothing is ever written to it.
+ * Errors: INVALID_ARGUMENT (NULL), NOT_FOUND (no such file), CORRUPT (not a SQLite file, an empty
+ * file, or a damaged ledger), MISMATCH (another application's database, or a ledger written by a
+ * newer libdistro), IO (cannot be read, or locked by a writer for over 5 seconds). The message
+ * names the file. The caller owns *out. */
+DISTRO_API int distro_history_open(distro_history **out, const char *path);
+DISTRO_API int distro_history_destroy(distro_history *history);
+
+/* The highest committed round (step), 0 for a ledger with none.
+ * Errors: INVALID_ARGUMENT, CORRUPT, IO. */
+DISTRO_API int distro_history_last_round(uint64_t *out_step, const distro_history *history);
+
+/* Takes a snapshot of the per-node totals, sorted by node name (bytewise), and gives its number of
+ * entries. Errors: INVALID_ARGUMENT, CORRUPT, IO; on failure the previous snapshot is kept. */
+DISTRO_API int distro_history_query_totals(size_t *out_count, distro_history *history);
+/* Fills *out with entry index (0 .. count-1) of the last totals snapshot. out->struct_size must be
+ * set (DISTRO_NODE_TOTALS_INIT). Errors: INVALID_ARGUMENT, SIZE (struct_size too small), NOT_FOUND
+ * (index out of range). */
+DISTRO_API int distro_history_get_totals(distro_node_totals *out, const distro_history *history,
+                                         size_t index);
+
+/* Takes a snapshot of contributions, newest first (by step, then node name), and gives its number
+ * of entries. node: one node's name, or NULL (or "") for every node's. limit: at most this many
+ * entries, 0 for all. Errors: INVALID_ARGUMENT, CORRUPT, IO; on failure the previous snapshot is
+ * kept. */
+DISTRO_API int distro_history_query_contributions(size_t *out_count, distro_history *history,
+                                                  const char *node, uint64_t limit);
+/* Fills *out with entry index of the last contributions snapshot. out->struct_size must be set
+ * (DISTRO_CONTRIBUTION_INIT). Errors: INVALID_ARGUMENT, SIZE, NOT_FOUND (index out of range). */
+DISTRO_API int distro_history_get_contribution(distro_contribution *out, const distro_history *history,
+                                               size_t index);
+
 #ifdef __cplusplus
 }
 #endif
