@@ -10,5 +10,7 @@ int cmd_devices(const std::vector<std::string>& args);
 int cmd_compress(const std::vector<std::string>& args);
 int cmd_bench(const std::vector<std::string>& args);
 int cmd_train(const std::vector<std::string>& args);
+int cmd_serve(const std::vector<std::string>& args);
+int cmd_node(const std::vector<std::string>& args);
 
 }  // namespace distro::cli

@@ -20,6 +20,8 @@ const char* kUsage =
     "                            simulated peers and report what each peer would send and receive\n"
     "  bench optimizer [options] time each stage of the optimizer; --json FILE writes the figures\n"
     "  bench model [options]     time the built-in model's forward and backward on the CPU\n"
+    "  serve --config run.json   coordinate a network run: nodes join over TLS and train together\n"
+    "  node [options]            contribute this machine to a network run\n"
     "  version                   print the version\n"
     "\n"
     "Run 'distro <command> --help' for the options of a command.\n";
@@ -43,6 +45,8 @@ int main(int argc, char** argv) {
     if (cmd == "compress") return distro::cli::cmd_compress(rest);
     if (cmd == "bench") return distro::cli::cmd_bench(rest);
     if (cmd == "train") return distro::cli::cmd_train(rest);
+    if (cmd == "serve") return distro::cli::cmd_serve(rest);
+    if (cmd == "node") return distro::cli::cmd_node(rest);
     std::fprintf(stderr, "distro: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
     return 2;
   } catch (const distro::cli::UsageError& e) {
