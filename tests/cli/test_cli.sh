@@ -52,7 +52,15 @@ expect 0 "step 3/3" -- "$distro" train --resume "$tmp/ck" --steps 3
 expect 0 '"name": "cpu"' -- "$distro" devices --json
 expect 0 "bits/param" -- "$distro" compress --model params:65536 --steps 1
 expect 0 "forward + backward" -- "$distro" bench model --batch 1 --seq 8 --repeat 1 --threads 1
-expect 2 "expected optimizer or model" -- "$distro" bench gpu
+expect 2 "expected optimizer, model or network" -- "$distro" bench gpu
+# bench network: real payloads from 2 trainer peers; simulated ones; the all-reduce column is
+# 2 (N-1)/N * 2 bytes * 918656 nano parameters = 1837312 for N = 2.
+expect 0 "1837312" -- "$distro" bench network --preset nano --nodes 2 --rounds 1 --batch 1 --seq 8 --threads 1 \
+  --data "$text" --json "$tmp/net.json"
+expect 0 "correlated" -- "$distro" bench network --preset nano --payloads simulated --nodes 2,3 --rounds 1
+expect 2 "--nodes entry '1' is not a node count" -- "$distro" bench network --nodes 1
+expect 2 "--payloads 'fake' is unknown" -- "$distro" bench network --payloads fake
+expect 1 "no text file" -- "$distro" bench network --preset nano --data "$tmp/missing.txt"
 
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]
