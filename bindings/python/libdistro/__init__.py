@@ -16,6 +16,11 @@
     with libdistro.History("run.ledger") as h:    # a coordinator's contribution ledger, read-only
         print(h.totals(), h.contributions("alice", limit=10), h.last_round())
 
+    with libdistro.Coordinator("run.json", listen="127.0.0.1:0") as c:   # a network run (docs/network.md)
+        c.start()
+        with libdistro.Node(f"127.0.0.1:{c.port}", token, pin=c.fingerprint, on_event=print) as n:
+            n.start(); n.wait()
+
 The shared library is found through $LIBDISTRO_LIBRARY, the in-tree build, or the system (see _lib).
 """
 
@@ -44,6 +49,7 @@ from .errors import (
     Unsupported,
 )
 from .history import Contribution, History, NodeTotals
+from .network import Coordinator, CoordinatorStatus, Event, Node, NodeStatus
 from .optimizer import Merger, Optimizer, inspect
 from .trainer import Trainer
 
@@ -73,6 +79,11 @@ __all__ = [
     "History",
     "NodeTotals",
     "Contribution",
+    "Coordinator",
+    "Node",
+    "Event",
+    "CoordinatorStatus",
+    "NodeStatus",
     "DistroError",
     "InvalidArgument",
     "SizeError",

@@ -86,6 +86,32 @@ DISTRO_MESSAGE_UPDATE = 2
 DISTRO_OPTIMIZER_DISTRO = 1
 DISTRO_OPTIMIZER_ADAMW = 2
 
+# enum distro_net_state
+DISTRO_NET_UNKNOWN = 0
+DISTRO_NET_CREATED = 1
+DISTRO_NET_WAITING = 2
+DISTRO_NET_CONNECTING = 3
+DISTRO_NET_SYNCING = 4
+DISTRO_NET_TRAINING = 5
+DISTRO_NET_PAUSED = 6
+DISTRO_NET_FINISHING = 7
+DISTRO_NET_LEAVING = 8
+DISTRO_NET_STOPPING = 9
+DISTRO_NET_COMPLETE = 10
+DISTRO_NET_LEFT = 11
+DISTRO_NET_STOPPED = 12
+DISTRO_NET_FAILED = 13
+
+# enum distro_net_event_kind
+DISTRO_NET_EVENT_STEP_DONE = 1
+DISTRO_NET_EVENT_JOINED = 2
+DISTRO_NET_EVENT_LEFT = 3
+DISTRO_NET_EVENT_ERROR = 4
+DISTRO_NET_EVENT_LIMIT_HIT = 5
+DISTRO_NET_EVENT_INFO = 6
+
+DISTRO_FINGERPRINT_SIZE = 72
+
 LIBRARY_ENV = "LIBDISTRO_LIBRARY"
 IN_TREE_LIBRARY = Path("..") / ".." / "build" / "lib" / "libdistro.so.1"
 
@@ -281,6 +307,106 @@ class Contribution(_Struct):
     ]
 
 
+class NetEvent(Structure):
+    """struct distro_net_event (filled by the library; no _INIT macro)"""
+
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("kind", c_int),
+        ("step", c_uint64),
+        ("node", c_char_p),
+        ("message", c_char_p),
+    ]
+
+
+# void (*distro_net_event_fn)(const distro_net_event *event, void *user_data)
+NetEventFn = ctypes.CFUNCTYPE(None, POINTER(NetEvent), c_void_p)
+
+
+class CoordinatorOptions(_Struct):
+    """struct distro_coordinator_options"""
+
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("config_path", c_char_p),
+        ("config_json", c_char_p),
+        ("listen", c_char_p),
+        ("state_dir", c_char_p),
+        ("steps", c_uint64),
+    ]
+
+
+class CoordinatorStatus(_Struct):
+    """struct distro_coordinator_status"""
+
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("state", c_int),
+        ("state_name", c_char * 32),
+        ("step", c_uint64),
+        ("total_steps", c_uint64),
+        ("rounds_done", c_uint64),
+        ("nodes_connected", c_uint32),
+        ("nodes_in_sync", c_uint32),
+        ("bytes_up", c_uint64),
+        ("bytes_down", c_uint64),
+        ("last_round_seconds", c_double),
+        ("param_hash", c_uint64),
+    ]
+
+
+class NodeOptions(_Struct):
+    """struct distro_node_options"""
+
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("coordinator", c_char_p),
+        ("token", c_char_p),
+        ("device", c_char_p),
+        ("pin", c_char_p),
+        ("up_limit", c_double),
+        ("down_limit", c_double),
+        ("history", c_char_p),
+        ("threads", c_uint32),
+        ("retry_min_s", c_double),
+        ("retry_max_s", c_double),
+        ("agent", c_char_p),
+    ]
+
+    # DISTRO_NODE_OPTIONS_INIT (less struct_size and the NULL strings)
+    DEFAULTS = dict(up_limit=0.0, down_limit=0.0, threads=0, retry_min_s=0.5, retry_max_s=30.0)
+
+    @classmethod
+    def new(cls, **fields):
+        defaults = dict(cls.DEFAULTS)
+        defaults.update(fields)
+        return super().new(**defaults)
+
+
+class NodeStatus(_Struct):
+    """struct distro_node_status"""
+
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("state", c_int),
+        ("state_name", c_char * 32),
+        ("node_name", c_char * 128),
+        ("node_id", c_uint32),
+        ("step", c_uint64),
+        ("total_steps", c_uint64),
+        ("param_hash", c_uint64),
+        ("rounds_trained", c_uint64),
+        ("rounds_accepted", c_uint64),
+        ("bytes_up", c_uint64),
+        ("bytes_down", c_uint64),
+        ("last_loss", c_double),
+        ("last_train_seconds", c_double),
+        ("reconnects", c_uint32),
+        ("coordinator_fingerprint", c_char * DISTRO_FINGERPRINT_SIZE),
+        ("error", c_char * 256),
+    ]
+
+
 # Opaque handles: distinct pointer types, so one kind of handle cannot be passed for another.
 class Devices(Structure):
     """struct distro_devices (opaque)"""
@@ -306,7 +432,17 @@ DevicesPtr = POINTER(Devices)
 OptimizerPtr = POINTER(OptimizerHandle)
 MergerPtr = POINTER(MergerHandle)
 TrainerPtr = POINTER(TrainerHandle)
+class CoordinatorHandle(Structure):
+    """struct distro_coordinator (opaque)"""
+
+
+class NodeHandle(Structure):
+    """struct distro_node (opaque)"""
+
+
 HistoryPtr = POINTER(HistoryHandle)
+CoordinatorPtr = POINTER(CoordinatorHandle)
+NodePtr = POINTER(NodeHandle)
 BytesPtr = POINTER(c_uint8)
 
 # ------------------------------------------------------------------------------------------------
@@ -369,6 +505,31 @@ PROTOTYPES = [
     ("distro_history_get_totals", c_int, [POINTER(NodeTotals), HistoryPtr, c_size_t]),
     ("distro_history_query_contributions", c_int, [POINTER(c_size_t), HistoryPtr, c_char_p, c_uint64]),
     ("distro_history_get_contribution", c_int, [POINTER(Contribution), HistoryPtr, c_size_t]),
+    # Network: coordinator and node
+    ("distro_coordinator_create", c_int, [POINTER(CoordinatorPtr), POINTER(CoordinatorOptions)]),
+    ("distro_coordinator_destroy", c_int, [CoordinatorPtr]),
+    ("distro_coordinator_set_event_callback", c_int, [CoordinatorPtr, NetEventFn, c_void_p]),
+    ("distro_coordinator_start", c_int, [CoordinatorPtr]),
+    ("distro_coordinator_pause", c_int, [CoordinatorPtr]),
+    ("distro_coordinator_resume", c_int, [CoordinatorPtr]),
+    ("distro_coordinator_finish", c_int, [CoordinatorPtr]),
+    ("distro_coordinator_stop", c_int, [CoordinatorPtr]),
+    ("distro_coordinator_wait", c_int, [POINTER(c_int), CoordinatorPtr, c_uint32]),
+    ("distro_coordinator_set_limits", c_int, [CoordinatorPtr, c_double, c_double]),
+    ("distro_coordinator_port", c_int, [POINTER(ctypes.c_uint16), CoordinatorPtr]),
+    ("distro_coordinator_fingerprint", c_int, [ctypes.c_char_p, c_size_t, CoordinatorPtr]),
+    ("distro_coordinator_get_status", c_int, [POINTER(CoordinatorStatus), CoordinatorPtr]),
+    ("distro_node_create", c_int, [POINTER(NodePtr), POINTER(NodeOptions)]),
+    ("distro_node_destroy", c_int, [NodePtr]),
+    ("distro_node_set_event_callback", c_int, [NodePtr, NetEventFn, c_void_p]),
+    ("distro_node_start", c_int, [NodePtr]),
+    ("distro_node_pause", c_int, [NodePtr]),
+    ("distro_node_resume", c_int, [NodePtr]),
+    ("distro_node_finish", c_int, [NodePtr]),
+    ("distro_node_stop", c_int, [NodePtr]),
+    ("distro_node_wait", c_int, [POINTER(c_int), NodePtr, c_uint32]),
+    ("distro_node_set_limits", c_int, [NodePtr, c_double, c_double]),
+    ("distro_node_get_status", c_int, [POINTER(NodeStatus), NodePtr]),
 ]
 
 # ------------------------------------------------------------------------------------------------

@@ -490,6 +490,236 @@ DISTRO_API int distro_history_query_contributions(size_t *out_count, distro_hist
 DISTRO_API int distro_history_get_contribution(distro_contribution *out, const distro_history *history,
                                                size_t index);
 
+/* ---------------------------------------------------------------------------------------------
+ * Network: coordinator and node
+ *
+ * A coordinator owns one network run (docs/network.md): it listens over TLS 1.3, serves the nodes
+ * their batches, merges their payloads each round and keeps durable state in its state folder. A
+ * node joins a coordinator with its token, trains the batches it is given and keeps its replica
+ * bit-identical to the others'. Both run on their own threads once started; the calls below only
+ * steer and observe them. Use them like this:
+ *   1. distro_coordinator_create (or distro_node_create) with options;
+ *   2. optionally distro_*_set_event_callback, then distro_*_start;
+ *   3. distro_*_get_status whenever you like; pause, resume, set limits while it runs;
+ *   4. distro_*_finish (after the open round) or distro_*_stop (now), then distro_*_wait until
+ *      *out_done is 1 (each wait returns after at most timeout_ms), then distro_*_destroy.
+ * destroy also stops and waits; it may block for up to about 8 seconds while connections close.
+ *
+ * Thread rule for these handles (unlike the rest of this header): every call on a coordinator or
+ * node handle may be made from any thread, also at the same time, except destroy, which must not
+ * overlap another call on the same handle.
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct distro_coordinator distro_coordinator;
+typedef struct distro_node distro_node;
+
+/* A coordinator's or a node's state (distro_coordinator_status.state, distro_node_status.state).
+ * The text form is in the status's state_name. */
+typedef enum distro_net_state {
+  DISTRO_NET_UNKNOWN = 0,    /* a state this header does not know (read state_name) */
+  DISTRO_NET_CREATED = 1,    /* not started */
+  DISTRO_NET_WAITING = 2,    /* coordinator: waiting for nodes before the next round */
+  DISTRO_NET_CONNECTING = 3, /* node: connecting or reconnecting (with backoff) */
+  DISTRO_NET_SYNCING = 4,    /* node: downloading the checkpoint or catching up */
+  DISTRO_NET_TRAINING = 5,   /* a round is open (coordinator) / in sync and taking batches (node) */
+  DISTRO_NET_PAUSED = 6,
+  DISTRO_NET_FINISHING = 7,  /* coordinator: ends after the open round */
+  DISTRO_NET_LEAVING = 8,    /* node: leaves after its round */
+  DISTRO_NET_STOPPING = 9,   /* node: closing its connection */
+  DISTRO_NET_COMPLETE = 10,  /* the run has all its steps (final) */
+  DISTRO_NET_LEFT = 11,      /* node: left the run (final) */
+  DISTRO_NET_STOPPED = 12,   /* stopped by its host or by the coordinator's end (final) */
+  DISTRO_NET_FAILED = 13     /* final; distro_node_status.error says why */
+} distro_net_state;
+
+typedef enum distro_net_event_kind {
+  DISTRO_NET_EVENT_STEP_DONE = 1, /* a round's update was applied (step = that step) */
+  DISTRO_NET_EVENT_JOINED = 2,    /* coordinator: a node joined (node = its name); node: it joined */
+  DISTRO_NET_EVENT_LEFT = 3,      /* coordinator: a node left or was cut off; node: it left */
+  DISTRO_NET_EVENT_ERROR = 4,     /* something was refused or failed (message: what and why) */
+  DISTRO_NET_EVENT_LIMIT_HIT = 5, /* a rate cap held traffic back (message: which, how long) */
+  DISTRO_NET_EVENT_INFO = 6       /* anything else worth a log line */
+} distro_net_event_kind;
+
+typedef struct distro_net_event {
+  size_t struct_size;  /* sizeof(distro_net_event) as the library was built; read only what your
+                          header's struct holds */
+  int kind;            /* distro_net_event_kind */
+  uint64_t step;       /* the step it concerns (for STEP_DONE, the step just applied) */
+  const char *node;    /* the node's name, "" when the event is about no node; never NULL */
+  const char *message; /* one line for humans; never NULL */
+} distro_net_event;
+
+/* An event callback. It is called on the library's io thread of that handle, one event at a time,
+ * in order; event and its strings are valid only during the call. It must return quickly, must not
+ * call distro_*_wait or distro_*_destroy on the handle that called it (those answer STATE if it
+ * does), and may call any other function. */
+typedef void (*distro_net_event_fn)(const distro_net_event *event, void *user_data);
+
+/* Options of a coordinator. Exactly one of config_path and config_json is given. */
+typedef struct distro_coordinator_options {
+  size_t struct_size;      /* sizeof(distro_coordinator_options) */
+  const char *config_path; /* a run configuration file (JSON, docs/network.md); its tokens are
+                              re-read when it changes */
+  const char *config_json; /* or the same JSON as text (relative paths are then relative to the
+                              working directory, and tokens cannot be reloaded) */
+  const char *listen;      /* NULL, or "host:port" overriding the configuration's (port 0 = any) */
+  const char *state_dir;   /* NULL, or a folder overriding the configuration's state_dir */
+  uint64_t steps;          /* 0, or the run's total steps overriding the configuration's */
+} distro_coordinator_options;
+
+#define DISTRO_COORDINATOR_OPTIONS_INIT {sizeof(distro_coordinator_options), NULL, NULL, NULL, NULL, 0}
+
+/* Reads and checks the configuration, loads the data, builds the model and, when the state folder
+ * holds a checkpoint of this run, resumes from it. Nothing listens yet.
+ * Errors: INVALID_ARGUMENT (NULL, both or neither config given, a bad key or value: the message
+ * names the file, key and what is expected), SIZE (struct_size), NOT_FOUND (config or data file),
+ * CORRUPT (a damaged checkpoint or data), MISMATCH (the state folder holds another run's
+ * checkpoint, or one made with other settings), IO. The caller owns *out. */
+DISTRO_API int distro_coordinator_create(distro_coordinator **out,
+                                         const distro_coordinator_options *options);
+/* Stops the coordinator if it runs, waits for its threads, frees it. Accepts NULL.
+ * Errors: INVALID_ARGUMENT (not live), STATE (called from its own event callback). */
+DISTRO_API int distro_coordinator_destroy(distro_coordinator *coordinator);
+/* Sets the event callback (fn NULL = none). user_data is passed back untouched.
+ * Errors: INVALID_ARGUMENT, STATE (after start). */
+DISTRO_API int distro_coordinator_set_event_callback(distro_coordinator *coordinator,
+                                                     distro_net_event_fn fn, void *user_data);
+/* Binds the listen address and starts the run's thread.
+ * Errors: INVALID_ARGUMENT, STATE (started already), IO (the address cannot be bound; the call
+ * may then be retried). */
+DISTRO_API int distro_coordinator_start(distro_coordinator *coordinator);
+/* No new rounds (the open one completes) / new rounds again. Errors: INVALID_ARGUMENT, STATE (not
+ * started). */
+DISTRO_API int distro_coordinator_pause(distro_coordinator *coordinator);
+DISTRO_API int distro_coordinator_resume(distro_coordinator *coordinator);
+/* Ends the run after the open round: checkpoint, tell the nodes, stop. Errors: as pause. */
+DISTRO_API int distro_coordinator_finish(distro_coordinator *coordinator);
+/* Stops now; the durable state is the last checkpoint. Before start it only marks the handle
+ * stopped. Errors: INVALID_ARGUMENT. */
+DISTRO_API int distro_coordinator_stop(distro_coordinator *coordinator);
+/* Waits up to timeout_ms milliseconds (0 = just look) for the coordinator to end (by stop, finish,
+ * the run completing or a fatal error). *out_done is 1 when it has ended and its threads are gone,
+ * 0 when the time ran out; both are DISTRO_OK. A coordinator never started counts as ended.
+ * Errors: INVALID_ARGUMENT, STATE (called from its own event callback). */
+DISTRO_API int distro_coordinator_wait(int *out_done, distro_coordinator *coordinator,
+                                       uint32_t timeout_ms);
+/* The default caps of every node, live, in bytes/s (0 = unlimited): up_bps what a node may send
+ * the coordinator, down_bps what it sends a node. Errors: INVALID_ARGUMENT (negative or not
+ * finite), STATE (not started). */
+DISTRO_API int distro_coordinator_set_limits(distro_coordinator *coordinator, double up_bps,
+                                             double down_bps);
+/* The port it listens on (the real one when the configuration said 0).
+ * Errors: INVALID_ARGUMENT, STATE (not started). */
+DISTRO_API int distro_coordinator_port(uint16_t *out_port, const distro_coordinator *coordinator);
+
+/* "sha256:" and 64 lowercase hex digits, NUL-terminated. */
+#define DISTRO_FINGERPRINT_SIZE 72
+
+/* The fingerprint of the coordinator's TLS certificate, for the nodes' pin (known from create on).
+ * out receives at most capacity bytes, NUL included.
+ * Errors: INVALID_ARGUMENT, SIZE (capacity < DISTRO_FINGERPRINT_SIZE). */
+DISTRO_API int distro_coordinator_fingerprint(char *out, size_t capacity,
+                                              const distro_coordinator *coordinator);
+
+typedef struct distro_coordinator_status {
+  size_t struct_size;        /* sizeof(distro_coordinator_status) */
+  int state;                 /* distro_net_state */
+  char state_name[32];       /* "created", "waiting", "training", "paused", "finishing", "complete",
+                                "stopped", "failed" */
+  uint64_t step;             /* steps applied (the last completed round) */
+  uint64_t total_steps;
+  uint64_t rounds_done;      /* rounds completed by this process */
+  uint32_t nodes_connected;
+  uint32_t nodes_in_sync;
+  uint64_t bytes_up;         /* received from nodes, all connections of this process */
+  uint64_t bytes_down;       /* sent to nodes */
+  double last_round_seconds;
+  uint64_t param_hash;       /* of the parameters at step */
+} distro_coordinator_status;
+
+#define DISTRO_COORDINATOR_STATUS_INIT \
+  {sizeof(distro_coordinator_status), 0, {0}, 0, 0, 0, 0, 0, 0, 0, 0.0, 0}
+
+/* A snapshot of the coordinator's state (refreshed at least every second and at every change).
+ * Errors: INVALID_ARGUMENT, SIZE (struct_size too small). */
+DISTRO_API int distro_coordinator_get_status(distro_coordinator_status *out,
+                                             const distro_coordinator *coordinator);
+
+/* Options of a node. */
+typedef struct distro_node_options {
+  size_t struct_size;      /* sizeof(distro_node_options) */
+  const char *coordinator; /* "host:port"; required */
+  const char *token;       /* this node's run token; required */
+  const char *device;      /* "cpu", "cuda:0", ...; NULL = "cpu" */
+  const char *pin;         /* "sha256:<64 hex>" to require that certificate; NULL or "" = accept any */
+  double up_limit;         /* bytes/s this node sends, 0 = unlimited */
+  double down_limit;       /* bytes/s it receives, 0 = unlimited */
+  const char *history;     /* a local ledger file of its contributions; NULL = none */
+  uint32_t threads;        /* CPU threads of a CPU device, 0 = all cores */
+  double retry_min_s;      /* reconnect backoff: first delay (default 0.5) */
+  double retry_max_s;      /* and cap (default 30), 0 < min <= max <= 86400 */
+  const char *agent;       /* free text the coordinator logs; NULL = "distro node, device ..." */
+} distro_node_options;
+
+#define DISTRO_NODE_OPTIONS_INIT \
+  {sizeof(distro_node_options), NULL, NULL, NULL, NULL, 0.0, 0.0, NULL, 0, 0.5, 30.0, NULL}
+
+/* Checks the options; connects nothing yet.
+ * Errors: INVALID_ARGUMENT (NULL, a bad address, token, pin, limit or delay: the message names
+ * it), SIZE (struct_size). The caller owns *out. */
+DISTRO_API int distro_node_create(distro_node **out, const distro_node_options *options);
+/* Stops the node if it runs, waits for its threads, frees it. Accepts NULL.
+ * Errors: INVALID_ARGUMENT (not live), STATE (called from its own event callback). */
+DISTRO_API int distro_node_destroy(distro_node *node);
+/* As distro_coordinator_set_event_callback. */
+DISTRO_API int distro_node_set_event_callback(distro_node *node, distro_net_event_fn fn,
+                                              void *user_data);
+/* Starts its threads and the first connection; network failures are then reported by events and
+ * the status, never by this call. Errors: INVALID_ARGUMENT, STATE (started already). */
+DISTRO_API int distro_node_start(distro_node *node);
+/* Takes no new batches (it still follows the updates and stays in sync) / takes them again.
+ * Errors: INVALID_ARGUMENT, STATE (not started). */
+DISTRO_API int distro_node_pause(distro_node *node);
+DISTRO_API int distro_node_resume(distro_node *node);
+/* Finishes the round it is in (if any), then leaves. Errors: as pause. */
+DISTRO_API int distro_node_finish(distro_node *node);
+/* Leaves now. Errors: INVALID_ARGUMENT. */
+DISTRO_API int distro_node_stop(distro_node *node);
+/* As distro_coordinator_wait: *out_done is 1 once the node left, the run completed, it failed or
+ * was stopped, and its threads are gone. */
+DISTRO_API int distro_node_wait(int *out_done, distro_node *node, uint32_t timeout_ms);
+/* This node's caps, live, bytes/s (0 = unlimited).
+ * Errors: INVALID_ARGUMENT (negative or not finite), STATE (not started). */
+DISTRO_API int distro_node_set_limits(distro_node *node, double up_bps, double down_bps);
+
+typedef struct distro_node_status {
+  size_t struct_size;        /* sizeof(distro_node_status) */
+  int state;                 /* distro_net_state */
+  char state_name[32];       /* "created", "connecting", "syncing", "training", "paused", "leaving",
+                                "stopping", "complete", "left", "stopped", "failed" */
+  char node_name[128];       /* the name the coordinator knows it by ("" before it joined) */
+  uint32_t node_id;
+  uint64_t step;             /* steps applied to this node's replica */
+  uint64_t total_steps;
+  uint64_t param_hash;       /* of its replica at step */
+  uint64_t rounds_trained;   /* batches it trained and uploaded */
+  uint64_t rounds_accepted;  /* of those, merged into an update */
+  uint64_t bytes_up;         /* all connections of this node */
+  uint64_t bytes_down;
+  double last_loss;
+  double last_train_seconds;
+  uint32_t reconnects;
+  char coordinator_fingerprint[DISTRO_FINGERPRINT_SIZE]; /* "" before the first connection */
+  char error[256];           /* why it failed (state FAILED), else ""; cut to 255 bytes */
+} distro_node_status;
+
+#define DISTRO_NODE_STATUS_INIT                                                           \
+  {sizeof(distro_node_status), 0, {0}, {0}, 0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0.0, 0, {0}, {0}}
+
+/* A snapshot of the node's state. Errors: INVALID_ARGUMENT, SIZE (struct_size too small). */
+DISTRO_API int distro_node_get_status(distro_node_status *out, const distro_node *node);
+
 #ifdef __cplusplus
 }
 #endif
