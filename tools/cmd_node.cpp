@@ -4,6 +4,7 @@
 #include <cstdlib>
 
 #include "args.hpp"
+#include "backend/registry.hpp"
 #include "commands.hpp"
 #include "core/error.hpp"
 #include "net/node.hpp"
@@ -17,7 +18,7 @@ static const char* kNodeHelp =
     "usage: distro node --coordinator HOST:PORT --token TOKEN [options]\n"
     "  --coordinator HOST:PORT  the coordinator (IPv6 as [::1]:7600)\n"
     "  --token TOKEN            this node's run token (or the environment variable DISTRO_TOKEN)\n"
-    "  --device DEV             cpu (default), cuda:0, ...\n"
+    "  --device DEV             auto (default: the best present, a GPU, else the CPU), cpu, cuda:0, ...\n"
     "  --pin sha256:HEX         require the coordinator's certificate to have this fingerprint\n"
     "  --up-limit BYTES/S       cap what this node sends (0 = unlimited, default)\n"
     "  --down-limit BYTES/S     cap what this node receives (0 = unlimited, default)\n"
@@ -43,7 +44,8 @@ int cmd_node(const std::vector<std::string>& argv) {
   const char* env = std::getenv("DISTRO_TOKEN");
   o.token = a.str("token", env ? env : "");
   if (o.token.empty()) throw UsageError("distro node: --token TOKEN (or DISTRO_TOKEN) is required");
-  o.device = a.str("device", "cpu");
+  o.device = a.str("device", "auto");
+  if (o.device == "auto") o.device = best_device_name();
   o.pin = a.str("pin", "");
   o.up_limit = a.real("up-limit", 0, 0, 1e12);
   o.down_limit = a.real("down-limit", 0, 0, 1e12);
