@@ -74,15 +74,19 @@ void InputFile::read_exact(void* dst, size_t n) {
   }
 }
 
-void write_file_atomically(const std::filesystem::path& path, std::span<const std::span<const std::byte>> parts) {
+void write_file_atomically(const std::filesystem::path& path, std::span<const std::span<const std::byte>> parts,
+                           unsigned mode) {
   const std::filesystem::path tmp = path.string() + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  ::unlink(tmp.c_str());  // a leftover of a killed earlier attempt may have another owner or mode
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode_t(mode));
   if (fd < 0) fail_io("cannot create", tmp, errno);
   auto abandon = [&](const std::string& action, int err) {
     ::close(fd);
     ::unlink(tmp.c_str());
     fail_io(action, tmp, err);
   };
+  // The umask may have removed bits, never added them; fchmod makes the mode exact either way.
+  if (::fchmod(fd, mode_t(mode)) != 0) abandon("cannot set the mode of", errno);
   for (const auto& part : parts) {
     const std::byte* p = part.data();
     size_t left = part.size();

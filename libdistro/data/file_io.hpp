@@ -35,8 +35,11 @@ class InputFile {
   uint64_t size_ = 0;
 };
 
-// Writes the concatenation of parts to path atomically. Throws Error(io) naming the path and the
-// system's reason; the temporary file is removed on failure.
-void write_file_atomically(const std::filesystem::path& path, std::span<const std::span<const std::byte>> parts);
+// Writes the concatenation of parts to path atomically (PATH.tmp, fsync, rename, fsync of the
+// folder), so a kill at any instant leaves the old file or the new one. The new file gets exactly
+// `mode` (the umask does not apply; e.g. 0600 for a private key). Throws Error(io) naming the path
+// and the system's reason; the temporary file is removed on failure.
+void write_file_atomically(const std::filesystem::path& path, std::span<const std::span<const std::byte>> parts,
+                           unsigned mode = 0644);
 
 }  // namespace distro::data_io

@@ -20,6 +20,7 @@
 #include <sstream>
 
 #include "core/error.hpp"
+#include "data/file_io.hpp"
 
 namespace distro::net {
 
@@ -119,52 +120,12 @@ std::string read_text_file(const std::filesystem::path& path, const char* what) 
   return ss.str();
 }
 
-// Writes text to path atomically with the given mode: PATH.tmp created with that mode, fsync,
-// rename, fsync of the folder, so a kill at any instant leaves no half-written key.
-void write_file_atomically(const std::filesystem::path& path, const std::string& text, mode_t mode, const char* what) {
-  const std::string tmp = path.string() + ".tmp";
-  auto io_fail = [&](const std::string& action, int err) {
-    fail(Code::io, std::string("cannot ") + action + " the " + what + " " + tmp + ": " + std::strerror(err));
-  };
-  ::unlink(tmp.c_str());  // a leftover from a killed earlier attempt
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
-  if (fd < 0) io_fail("create", errno);
-  // The umask may have removed bits, never added them; fchmod makes the mode exact either way.
-  auto abandon = [&](const std::string& action, int err) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    io_fail(action, err);
-  };
-  if (::fchmod(fd, mode) != 0) abandon("set the mode of", errno);
-  const char* p = text.data();
-  size_t left = text.size();
-  while (left > 0) {
-    const ssize_t put = ::write(fd, p, left);
-    if (put < 0) {
-      if (errno == EINTR) continue;
-      abandon("write", errno);
-    }
-    p += put;
-    left -= static_cast<size_t>(put);
-  }
-  if (::fsync(fd) != 0) abandon("flush", errno);
-  if (::close(fd) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    io_fail("close", err);
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    fail(Code::io, std::string("cannot rename ") + tmp + " to " + path.string() + ": " + std::strerror(err));
-  }
-  std::filesystem::path dir = path.parent_path();
-  if (dir.empty()) dir = ".";
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    (void)::fsync(dfd);
-    ::close(dfd);
-  }
+// Writes text to path atomically with the given mode (data/file_io.hpp), so a kill at any instant
+// leaves no half-written key.
+void write_text_atomically(const std::filesystem::path& path, const std::string& text, mode_t mode) {
+  const std::span<const std::byte> bytes(reinterpret_cast<const std::byte*>(text.data()), text.size());
+  const std::span<const std::byte> parts[] = {bytes};
+  data_io::write_file_atomically(path, parts, unsigned(mode));
 }
 
 bool is_fingerprint(const std::string& s) {
@@ -306,8 +267,8 @@ TlsIdentity load_or_create_identity(const std::string& cert_path, const std::str
   TlsIdentity id = generate_self_signed(cn);
   // Key first: a kill between the two writes leaves a key without a certificate, which the next start
   // reports instead of silently replacing.
-  write_file_atomically(key_path, id.key_pem, 0600, "private key");
-  write_file_atomically(cert_path, id.cert_pem, 0644, "certificate");
+  write_text_atomically(key_path, id.key_pem, 0600);
+  write_text_atomically(cert_path, id.cert_pem, 0644);
   return id;
 }
 
