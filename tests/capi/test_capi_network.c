@@ -12,23 +12,7 @@
 
 static int passed, failed;
 
-#define EXPECT(cond)                                                             \
-  do {                                                                           \
-    if (cond) {                                                                  \
-      ++passed;                                                                  \
-    } else {                                                                     \
-      ++failed;                                                                  \
-      fprintf(stderr, "%s:%d: FAILED: %s (last error: %s)\n", __FILE__, __LINE__, \
-              #cond, distro_last_error());                                       \
-    }                                                                            \
-  } while (0)
-
-#define EXPECT_STATUS(call, status, words)                  \
-  do {                                                      \
-    int rc_ = (call);                                       \
-    EXPECT(rc_ == (status));                                \
-    EXPECT(strstr(distro_last_error(), (words)) != NULL);   \
-  } while (0)
+#include "expect.h"
 
 enum { ROUNDS = 3 };
 
