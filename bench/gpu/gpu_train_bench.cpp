@@ -11,7 +11,12 @@
 // is counted the same way.
 //
 // Usage: distro_gpu_train_bench [--preset small] [--batch 16] [--micro-batch 0] [--seq 1024]
-//                               [--steps 6] [--warmup 2] [--peak-tflops 989] [--json FILE]
+//                               [--steps 6] [--warmup 2] [--peak-tflops 989] [--overlap] [--json FILE]
+//
+// --overlap times the step of `distro train --overlap` (docs/training.md): each merged update is
+// applied one step late, so the host's payload encode, merge and update decode run on a second
+// thread while the GPU computes the next step; the step's critical path keeps the forward and
+// backward, the compress, the device apply and the hash.
 #include <cuda_runtime_api.h>
 
 #include <chrono>
@@ -19,6 +24,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <future>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -41,13 +47,14 @@ struct Options {
   int batch = 16, micro_batch = 0, seq = 1024;
   unsigned steps = 6, warmup = 2;
   double peak_tflops = 989.0;
+  bool overlap = false;
   std::string json;
 };
 
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr,
                "distro_gpu_train_bench: %s\nusage: distro_gpu_train_bench [--preset small|1b|...] [--batch N] "
-               "[--micro-batch N] [--seq N] [--steps N] [--warmup N] [--peak-tflops X] [--json FILE]\n",
+               "[--micro-batch N] [--seq N] [--steps N] [--warmup N] [--peak-tflops X] [--overlap] [--json FILE]\n",
                why.c_str());
   std::exit(2);
 }
@@ -76,6 +83,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--warmup") o.warmup = unsigned(number(0, 10000));
     else if (a == "--peak-tflops") o.peak_tflops = double(number(1, 100000));
     else if (a == "--json") o.json = value();
+    else if (a == "--overlap") o.overlap = true;
     else usage("unknown option '" + a + "'");
   }
   return o;
@@ -85,6 +93,11 @@ uint64_t device_used_bytes() {
   size_t free = 0, total = 0;
   if (cudaMemGetInfo(&free, &total) != cudaSuccess) return 0;
   return uint64_t(total - free);
+}
+
+void opt_apply_last(Replica& peer, MergedUpdate u) {
+  peer.optimizer().apply(u);
+  peer.device().synchronize();
 }
 
 }  // namespace
@@ -116,6 +129,7 @@ int main(int argc, char** argv) {
     std::vector<double> step_s, fb_s, opt_s, compress_s, encode_s, merge_s, apply_s;
     uint64_t up = 0, down = 0;
     double loss = 0.0;
+    std::future<MergedUpdate> pending;  // --overlap: the previous step's update, being merged
     for (unsigned s = 1; s <= o.warmup + o.steps; ++s) {
       for (size_t i = 0; i < n; ++i) tokens[i] = int32_t(rng() % uint64_t(mc.vocab));
       for (size_t i = 0; i < n; ++i) targets[i] = int32_t(rng() % uint64_t(mc.vocab));
@@ -125,9 +139,40 @@ int main(int argc, char** argv) {
       peer.device().synchronize();
       const double t1 = bench::now_seconds();
       const float lr = 4e-4f;
+      Optimizer& opt = peer.optimizer();
+      if (o.overlap) {
+        // Overlapped (distro train --overlap): the host codec and merge of step s run on a second
+        // thread while the GPU computes step s+1; on the critical path stay the compress, the
+        // device apply of the previous step's (already decoded) update and the hash.
+        PeerPayload pp = opt.compress(s, lr);
+        if (pending.valid()) {
+          opt.apply(pending.get());
+          pending = {};
+        }
+        const uint64_t h = peer.hash();
+        peer.device().synchronize();
+        const double t2 = bench::now_seconds();
+        const Manifest& m = opt.manifest();
+        pending = std::async(std::launch::async, [&m, pp = std::move(pp), s, lr, h, run_id, &up, &down] {
+          std::vector<uint8_t> payload = encode_payload(m, pp);
+          Merger merger(m, run_id, s);
+          merger.add(payload);
+          std::vector<uint8_t> update = encode_update(m, merger.finish(lr, 0.0f, h));
+          up = payload.size(), down = update.size();
+          return decode_update(m, update);
+        });
+        if (s > o.warmup) {
+          step_s.push_back(t2 - t0);
+          fb_s.push_back(t1 - t0);
+          opt_s.push_back(t2 - t1);
+        }
+        loss = g.loss;
+        std::printf("step %u: %.1f ms (forward+backward %.1f ms), loss %.4f\n", s, (t2 - t0) * 1e3, (t1 - t0) * 1e3,
+                    g.loss);
+        continue;
+      }
       // The node's part: compress on the device and encode; the coordinator's part: merge and
       // encode the update; the node again: decode, apply and hash. Each timed on its own.
-      Optimizer& opt = peer.optimizer();
       PeerPayload pp = opt.compress(s, lr);
       peer.device().synchronize();
       const double t_c = bench::now_seconds();
@@ -148,15 +193,17 @@ int main(int argc, char** argv) {
         merge_s.push_back(t_m - t_e);
         apply_s.push_back(t2 - t_m);
       }
+      up = payload.size(), down = update.size();
       if (s > o.warmup) {
         step_s.push_back(t2 - t0);
         fb_s.push_back(t1 - t0);
         opt_s.push_back(t2 - t1);
       }
-      up = payload.size(), down = update.size(), loss = g.loss;
+      loss = g.loss;
       std::printf("step %u: %.1f ms (forward+backward %.1f ms), loss %.4f\n", s, (t2 - t0) * 1e3, (t1 - t0) * 1e3,
                   g.loss);
     }
+    if (pending.valid()) opt_apply_last(peer, pending.get());
     const uint64_t used = device_used_bytes();
     const double step = bench::median(step_s), fb = bench::median(fb_s), opt = bench::median(opt_s);
     const double tok_s = double(n) / step;
@@ -172,7 +219,7 @@ int main(int argc, char** argv) {
     std::printf("%-34s %.1f ms\n", "  encode payload (host)", en * 1e3);
     std::printf("%-34s %.1f ms\n", "  merge + encode update (coordinator)", me * 1e3);
     std::printf("%-34s %.1f ms\n", "  decode + apply + hash", ap * 1e3);
-    std::printf("%-34s %.0f\n", "tokens/s without the merge", double(n) / (step - me));
+    if (!o.overlap) std::printf("%-34s %.0f\n", "tokens/s without the merge", double(n) / (step - me));
     std::printf("%-34s %.0f\n", "tokens/s", tok_s);
     std::printf("%-34s %.3f\n", "MFU", mfu);
     std::printf("%-34s %.2f GB (%.2f GB before start)\n", "device memory in use", used / 1e9, base_used / 1e9);
@@ -186,7 +233,8 @@ int main(int argc, char** argv) {
                           {"payload_bytes", up},      {"update_bytes", down}, {"loss", loss},
                           {"device", peer.device().info().description},
                           {"compress_ms", cm * 1e3}, {"encode_ms", en * 1e3}, {"merge_ms", me * 1e3},
-                          {"apply_ms", ap * 1e3}, {"tokens_per_s_node", double(n) / (step - me)}};
+                          {"apply_ms", ap * 1e3}, {"tokens_per_s_node", double(n) / (step - me)},
+                          {"overlap", o.overlap}};
       std::ofstream(o.json) << j.dump(2) << "\n";
     }
     return 0;

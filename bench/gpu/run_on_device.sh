@@ -98,6 +98,14 @@ if [ "${TRAIN:-1}" = 1 ]; then
   run_step "train 1b (ours)" 200 "$OUT/train_1b_ours.log" "$BIN/distro_gpu_train_bench" --preset 1b \
     --batch 8 --seq 2048 --steps 4 --warmup 2 --json "$OUT/train_1b_ours.json"
   tail -14 "$OUT/train_1b_ours.log"
+  # The same with the update applied one step late (distro train --overlap): host codec and merge
+  # on a second thread, behind the next step's GPU work.
+  run_step "train small (ours, overlap)" 150 "$OUT/train_small_ovl_ours.log" "$BIN/distro_gpu_train_bench" \
+    --preset small --batch 16 --seq 1024 --steps 5 --warmup 2 --overlap --json "$OUT/train_small_ovl_ours.json"
+  tail -6 "$OUT/train_small_ovl_ours.log"
+  run_step "train 1b (ours, overlap)" 200 "$OUT/train_1b_ovl_ours.log" "$BIN/distro_gpu_train_bench" --preset 1b \
+    --batch 8 --seq 2048 --steps 4 --warmup 2 --overlap --json "$OUT/train_1b_ovl_ours.json"
+  tail -6 "$OUT/train_1b_ovl_ours.log"
   # The 24 GB budget: the same batch in micro-batches of one sequence.
   run_step "train 1b (ours, 24 GB)" 200 "$OUT/train_1b_mb1_ours.log" "$BIN/distro_gpu_train_bench" --preset 1b \
     --batch 8 --micro-batch 1 --seq 2048 --steps 3 --warmup 1 --json "$OUT/train_1b_mb1_ours.json"
@@ -160,7 +168,8 @@ elif [ "${OPTBENCH:-1}" = 1 ]; then
 fi
 for p in small 1b; do
   if [ -f "$OUT/train_${p}_ours.json" ] && [ -f "$OUT/train_${p}_torch.json" ]; then
-    python3 bench/gpu/train_table.py "$OUT/train_${p}_ours.json" "$OUT/train_${p}_torch.json" | tee -a "$OUT/table.md"
+    python3 bench/gpu/train_table.py "$OUT/train_${p}_ours.json" "$OUT/train_${p}_torch.json" \
+      "$OUT/train_${p}_ovl_ours.json" | tee -a "$OUT/table.md"
   elif [ "${TRAIN:-1}" = 1 ]; then
     echo "no $p training table: a benchmark step failed (logs in $OUT)"
   fi
@@ -168,6 +177,6 @@ done
 if [ -n "$FINAL" ]; then
   mkdir -p "$FINAL"
   for f in ours.json ref.json table.md mixed.json train_small_ours.json train_small_torch.json train_1b_ours.json \
-    train_1b_torch.json train_1b_mb1_ours.json; do [ -f "$OUT/$f" ] && cp "$OUT/$f" "$FINAL/"; done
+    train_1b_torch.json train_1b_mb1_ours.json train_small_ovl_ours.json train_1b_ovl_ours.json; do [ -f "$OUT/$f" ] && cp "$OUT/$f" "$FINAL/"; done
   tar czf "$FINAL/logs.tar.gz" -C "$OUT" .
 fi
