@@ -105,12 +105,15 @@ Coordinator::Impl::~Impl() = default;
 json Coordinator::Impl::settings_json() const {
   const TrainConfig& t = cfg.train;
   // What fixes the arithmetic of the run; "steps" may change between restarts (as in distro train).
-  return {{"preset", t.preset},  {"vocab", model_cfg.vocab},   {"seed", t.seed},   {"batch", t.batch},
+  json j = {{"preset", t.preset},  {"vocab", model_cfg.vocab},   {"seed", t.seed},   {"batch", t.batch},
           {"micro_batch", t.micro_batch}, {"seq", t.seq},      {"nodes_per_round", cfg.nodes_per_round},
           {"chunk", t.chunk},    {"topk", t.topk},             {"decay", t.decay}, {"clip", t.clip},
           {"values", t.values == ValueMode::sign ? "sign" : "int8"}, {"lr", t.lr}, {"warmup", t.warmup},
           {"min_lr_ratio", t.min_lr_ratio}, {"weight_decay", t.weight_decay}, {"data_tokens", data->size()},
           {"val_fraction", t.val_fraction}};
+  // Only when on, so that checkpoints of runs made before the option still match.
+  if (t.overlap) j["overlap"] = true;
+  return j;
 }
 
 void Coordinator::Impl::load_or_resume() {
@@ -130,6 +133,10 @@ void Coordinator::Impl::load_or_resume() {
         fail(Code::mismatch, "checkpoint " + path + " was made with " + it.key() + " = " +
                                  (saved.contains(it.key()) ? saved.at(it.key()).dump() : "(none)") + "; the configuration says " +
                                  it.value().dump() + "; a resumed run keeps its settings (only steps may change)");
+    if (saved.value("overlap", false) != cfg.train.overlap)
+      fail(Code::mismatch, "checkpoint " + path + " was made with overlap = " + (saved.value("overlap", false) ? "true" : "false") +
+                               "; the configuration says " + (cfg.train.overlap ? "true" : "false") +
+                               "; a resumed run keeps its settings (only steps may change)");
     if (c.step > cfg.train.steps)
       fail(Code::mismatch, "checkpoint " + path + " is at step " + std::to_string(c.step) + ", past the configured " +
                                std::to_string(cfg.train.steps) + " steps");

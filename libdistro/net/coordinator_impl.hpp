@@ -114,6 +114,10 @@ struct Coordinator::Impl {
   bool fill_armed = false;
   Clock::time_point idle_since, round_started, stop_began;
   float round_lr = 0.0f;
+  // The step whose parameters the open round trains on: the coordinator's step when the round
+  // started (step - 1 of the round, or step - 2 for a round started before its previous round was
+  // merged, which only overlapped runs do).
+  uint64_t round_base = 0;
   uint64_t round_serial = 0, rounds_done = 0;
   double last_round_seconds = 0.0;
   std::map<uint32_t, uint64_t> round_down_bytes;  // node -> bytes of its round start frame
@@ -136,8 +140,11 @@ struct Coordinator::Impl {
   void begin_stop(const std::string& why);
   void poll_stopped();
   // coordinator_rounds.cpp
-  void maybe_start_round();
-  void start_round(const std::vector<uint32_t>& nodes);
+  // eager: called from close_round before the closed round is merged (overlapped runs): starts the
+  // next round at once if as many nodes as the closed round had are available, else leaves it to
+  // the normal start after the merge.
+  void maybe_start_round(bool eager = false, size_t eager_nodes = 0);
+  void start_round(const std::vector<uint32_t>& nodes, uint64_t s);
   void close_round();
   void complete_run();
   void finish_now();

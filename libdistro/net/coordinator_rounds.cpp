@@ -25,8 +25,18 @@ std::vector<uint32_t> Coordinator::Impl::available_nodes() const {
   return out;  // by_node is ordered by id
 }
 
-void Coordinator::Impl::maybe_start_round() {
+void Coordinator::Impl::maybe_start_round(bool eager, size_t eager_nodes) {
   if (stopping || complete || round.open() || paused || finishing) return;
+  if (eager) {
+    // Overlap: round step + 2 goes out now, trained on the parameters of `step`, while round
+    // step + 1 (just closed) is merged and broadcast.
+    auto nodes = available_nodes();
+    if (!start_next_round_early(cfg.train.overlap, false, step, cfg.train.steps, nodes.size(), eager_nodes, cfg.min_nodes,
+                                cfg.nodes_per_round))
+      return;
+    fill_timer.cancel();
+    return start_round(nodes, step + 2);
+  }
   if (step >= cfg.train.steps) return complete_run();
   auto nodes = available_nodes();
   if (nodes.size() < cfg.min_nodes) return;
@@ -48,12 +58,12 @@ void Coordinator::Impl::maybe_start_round() {
     }
   }
   fill_timer.cancel();
-  start_round(nodes);
+  start_round(nodes, step + 1);
 }
 
-void Coordinator::Impl::start_round(const std::vector<uint32_t>& nodes) {
+void Coordinator::Impl::start_round(const std::vector<uint32_t>& nodes, uint64_t s) {
   const TrainConfig& t = cfg.train;
-  const uint64_t s = step + 1;
+  round_base = step;
   const uint64_t warmup = t.warmup ? t.warmup : std::min<uint64_t>(100, t.steps / 10);
   const float peak = t.lr > 0.0f ? t.lr : default_lr(t.optimizer, t.preset);
   round_lr = scheduled_lr(s, t.steps, warmup, peak, t.min_lr_ratio);
@@ -69,6 +79,8 @@ void Coordinator::Impl::start_round(const std::vector<uint32_t>& nodes) {
     BatchCoords bc = queue.coords(a.batch_id);
     RoundStart m;
     m.step = s;
+    m.has_base = t.overlap;
+    m.base_step = round_base;
     m.lr = round_lr;
     m.batch_id = a.batch_id;
     m.slot = a.slot;
@@ -104,6 +116,16 @@ void Coordinator::Impl::close_round() {
   for (const Assignment& a : o.missed) missed.push_back(a.batch_id);
   queue.give_back(missed);
   idle_since = Clock::now();
+  // What the merge below needs of the closed round, kept before an eager start reuses the fields.
+  const float lr = round_lr;
+  const auto started_at = round_started;
+  auto down_bytes = std::move(round_down_bytes);
+  auto reasons = std::move(round_reasons);
+  round_down_bytes.clear();
+  round_reasons.clear();
+  // Overlap: the next round's batches go out before this one is merged. A void round is not
+  // overlapped: its step is tried again on the current parameters.
+  if (cfg.train.overlap && !o.accepted.empty()) maybe_start_round(true, o.accepted.size() + o.missed.size());
   if (o.accepted.empty()) {
     emit(NetEvent::Kind::info, o.step, "", "round " + std::to_string(o.step) + " closed without a payload; the step is tried again");
     update_status();
@@ -114,7 +136,7 @@ void Coordinator::Impl::close_round() {
   Merger merger(manifest, run_id, o.step);
   for (PeerPayload& p : o.payloads) merger.add(std::move(p));  // slot order
   const uint64_t prev = hashes.at(step);
-  MergedUpdate u = merger.finish(round_lr, t.weight_decay, prev);
+  MergedUpdate u = merger.finish(lr, t.weight_decay, prev);
   std::vector<uint8_t> wire = encode_update(manifest, u);
   own->apply(wire);
   step = o.step;
@@ -139,10 +161,10 @@ void Coordinator::Impl::close_round() {
     c.node = name_of(a.node);
     c.step = step;
     c.bytes_up = up;
-    c.bytes_down = round_down_bytes[a.node] + update_frame;
+    c.bytes_down = down_bytes[a.node] + update_frame;
     c.tokens = ok ? uint64_t(t.batch) * uint64_t(t.seq) : 0;
     c.accepted = ok;
-    c.reason = ok ? "" : (round_reasons.count(a.node) ? round_reasons[a.node] : "no payload");
+    c.reason = ok ? "" : (reasons.count(a.node) ? reasons[a.node] : "no payload");
     c.unix_ms = pr.round.unix_ms;
     pr.contributions.push_back(std::move(c));
   };
@@ -164,7 +186,7 @@ void Coordinator::Impl::close_round() {
     if (s->state == Session::State::in_sync && !s->closing) s->conn->send(uint8_t(Kind::update), *body);
 
   ++rounds_done;
-  last_round_seconds = std::chrono::duration<double>(Clock::now() - round_started).count();
+  last_round_seconds = std::chrono::duration<double>(Clock::now() - started_at).count();
   std::string who;
   for (const Assignment& a : o.accepted) who += (who.empty() ? "" : ",") + name_of(a.node);
   emit(NetEvent::Kind::step_done, step, "",

@@ -190,6 +190,7 @@ void Coordinator::Impl::on_hello(Session& s, const Frame& f) {
   w.run.seed = t.seed;
   w.run.total_steps = t.steps;
   w.run.nodes_per_round = cfg.nodes_per_round;
+  w.run.overlap = t.overlap;
   send(s, Kind::welcome, encode(w));
   emit(NetEvent::Kind::info, step, name, "node " + name + " (id " + std::to_string(id) + ", " + s.conn->peer() +
                                              (h.agent.empty() ? "" : ", " + h.agent) + ") authenticated");
@@ -273,11 +274,14 @@ void Coordinator::Impl::on_payload(Session& s, const Frame& f) {
   PayloadCheck c = round.check(s.id, s.label(), m.step, m.slot, m.batch_id);
   if (c.verdict == Verdict::violation) return violation(s, c.reason);
   if (c.verdict == Verdict::late) return emit(NetEvent::Kind::info, step, s.name, c.reason);
-  if (m.base_hash != hashes.at(step)) {
+  // The round's base is the coordinator's step when it started: step itself, or step - 1 for an
+  // overlapped round that went out before the previous one was merged.
+  const uint64_t base = hashes.at(round_base);
+  if (m.base_hash != base) {
     // Trained on parameters that are not the run's: the payload would steer the update wrongly.
     round_reasons[s.id] = "trained on parameters that disagree with the run";
     return send_resync(s, "your payload for step " + std::to_string(m.step) + " was trained on parameters with hash " +
-                              hex16(m.base_hash) + "; the run's is " + hex16(hashes.at(step)));
+                              hex16(m.base_hash) + "; the run's at step " + std::to_string(round_base) + " is " + hex16(base));
   }
   PeerPayload p;
   try {

@@ -73,14 +73,14 @@ static FrameLimits node_common() {
 
 FrameLimits node_frame_limits() {
   FrameLimits l = node_common();
-  l.allow(uint8_t(Kind::round_start), clamp32(36 + 8 * kMaxBatchTokens));
+  l.allow(uint8_t(Kind::round_start), clamp32(44 + 8 * kMaxBatchTokens));
   l.allow(uint8_t(Kind::update), 256u << 20);
   return l;
 }
 
 FrameLimits node_frame_limits(const RunInfo& run, const Manifest& m) {
   FrameLimits l = node_common();
-  l.allow(uint8_t(Kind::round_start), clamp32(36 + 8 * uint64_t(run.batch) * run.seq));
+  l.allow(uint8_t(Kind::round_start), clamp32((run.overlap ? 44 : 36) + 8 * uint64_t(run.batch) * run.seq));
   l.allow(uint8_t(Kind::update), clamp32(12 + 4 * uint64_t(run.nodes_per_round) + max_update_bytes(m, run.nodes_per_round)));
   return l;
 }

@@ -251,6 +251,8 @@ void Node::Impl::on_frame(uint64_t ep, Frame&& f) {
             run_done = true;
             final_step = n.step;
             finishing = true;
+            release_held = true;
+            post_work([this] { w_release(); }, false);
             maybe_leave();
             return;
           case NoticeCode::in_sync:
@@ -414,6 +416,8 @@ void Node::finish() {
   asio::post(impl_->io, [I = impl_.get()] {
     if (I->finishing || I->stopping) return;
     I->finishing = true;
+    I->release_held = true;
+    I->post_work([I] { I->w_release(); }, false);
     I->send(Kind::notice, encode(Notice{NoticeCode::node_leaving, I->applied_step}));
     I->emit(NetEvent::Kind::info, I->applied_step, "finishing: leaving after the current round");
     I->maybe_leave();

@@ -115,6 +115,16 @@ struct Node::Impl {
   void w_prepare(const Welcome& w);
   void w_train(const RoundStart& m, uint64_t frame_bytes, uint64_t gen);
   void w_apply(const UpdateMsg& m, uint64_t frame_bytes);
+  // Overlapped runs (docs/network.md, "Overlapped rounds"): the newest update is held back until
+  // this node has made its payload for the next round (or a round needs it, a newer update comes,
+  // the run's last step, or the node leaves), so that the next round trains without it.
+  std::optional<UpdateMsg> held;
+  uint64_t held_bytes = 0;
+  uint64_t last_trained = 0;  // the step of the last round this node trained
+  uint64_t run_steps = 0;     // the run's total steps, as the last welcome said
+  std::atomic<bool> release_held{false};  // leaving or the run is complete: hold nothing back
+  void w_apply_now(const UpdateMsg& m, uint64_t frame_bytes);
+  void w_release();  // applies the held update, if any
   void w_load_checkpoint(std::vector<uint8_t> bytes, CheckpointInfo info);
   void w_fail_link(const std::string& reason);  // from the worker: drop the link (on the io thread)
 

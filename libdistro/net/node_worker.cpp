@@ -9,6 +9,7 @@
 #include "net/format.hpp"
 #include "net/limits.hpp"
 #include "net/node_impl.hpp"
+#include "net/round_state.hpp"
 #include "net/run_checkpoint.hpp"
 
 namespace distro::net {
@@ -24,7 +25,7 @@ bool same_run(const Welcome& a, const Welcome& b) {
   const RunInfo &x = a.run, &y = b.run;
   return a.run_id == b.run_id && a.manifest_hash == b.manifest_hash && a.node_id == b.node_id && x.preset == y.preset &&
          x.vocab == y.vocab && x.batch == y.batch && x.micro_batch == y.micro_batch && x.seq == y.seq && x.clip == y.clip &&
-         x.chunk == y.chunk && x.topk == y.topk && x.decay == y.decay && x.values == y.values && x.seed == y.seed;
+         x.chunk == y.chunk && x.topk == y.topk && x.decay == y.decay && x.values == y.values && x.seed == y.seed && x.overlap == y.overlap;
 }
 
 }  // namespace
@@ -104,6 +105,8 @@ void Node::Impl::w_prepare(const Welcome& w) {
       return;
     }
     built_for = w;
+    held.reset();
+    last_trained = 0;
     replica_step = 0;
     replica_hash = replica->hash();
     trained.clear();
@@ -120,6 +123,10 @@ void Node::Impl::w_prepare(const Welcome& w) {
       max_ckpt_bytes = max_checkpoint_bytes(params);
     });
   }
+  run_steps = w.run.total_steps;
+  // A held update is the run's (the coordinator made it durable before sending it): apply it, so
+  // the sync reports everything this node has.
+  w_release();
   const uint64_t ep = live_epoch.load(), s = replica_step, h = replica_hash;
   asio::post(io, [this, ep, s, h] {
     applied_step = s;
@@ -130,7 +137,16 @@ void Node::Impl::w_prepare(const Welcome& w) {
 void Node::Impl::w_train(const RoundStart& m, uint64_t frame_bytes, uint64_t gen) {
   if (gen != sync_gen.load() || !replica) return;
   const uint64_t ep = live_epoch.load();
-  if (m.step != replica_step + 1) {
+  if (built_for.run.overlap) {
+    // Train on the round's base: apply a held update the base includes, never one it does not.
+    if (held && held->step <= m.base_step) w_release();
+    if (replica_step != m.base_step) {
+      std::string why = "round start for step " + std::to_string(m.step) + " trains on step " + std::to_string(m.base_step) +
+                        " but this replica is at step " + std::to_string(replica_step) + "; batch skipped";
+      asio::post(io, [this, why, s = m.step] { emit(NetEvent::Kind::error, s, why); });
+      return;
+    }
+  } else if (m.step != replica_step + 1) {
     std::string why = "round start for step " + std::to_string(m.step) + " but this replica is at step " +
                       std::to_string(replica_step) + "; batch skipped";
     asio::post(io, [this, why, s = m.step] { emit(NetEvent::Kind::error, s, why); });
@@ -188,9 +204,33 @@ void Node::Impl::w_train(const RoundStart& m, uint64_t frame_bytes, uint64_t gen
     emit(NetEvent::Kind::info, m_step, line);
     if (!trick.empty()) emit(NetEvent::Kind::info, m_step, "misbehaving on purpose (test switch): " + trick);
   });
+  last_trained = std::max(last_trained, m.step);
+  // Overlap: the payload is out, so the previous round's update may land now.
+  if (built_for.run.overlap) w_release();
+}
+
+void Node::Impl::w_release() {
+  if (!held || !replica) return;
+  UpdateMsg m = std::move(*held);
+  held.reset();
+  w_apply_now(m, held_bytes);
 }
 
 void Node::Impl::w_apply(const UpdateMsg& m, uint64_t frame_bytes) {
+  if (!replica) return;
+  if (!built_for.run.overlap) return w_apply_now(m, frame_bytes);
+  if (m.step <= replica_step || (held && m.step <= held->step)) return;  // already here (a catch-up overlapping)
+  w_release();  // an older held update lands first
+  // Held back unless this node already trained the round after it, the run ends with it, or the
+  // node is leaving.
+  if (!hold_update(m.step, last_trained, run_steps, release_held.load())) return w_apply_now(m, frame_bytes);
+  if (m.step != replica_step + 1)
+    return w_fail_link("update for step " + std::to_string(m.step) + " but this replica is at step " + std::to_string(replica_step));
+  held = m;
+  held_bytes = frame_bytes;
+}
+
+void Node::Impl::w_apply_now(const UpdateMsg& m, uint64_t frame_bytes) {
   if (!replica) return;
   if (m.step <= replica_step) return;  // already applied (a catch-up overlapping a checkpoint)
   if (m.step != replica_step + 1)
@@ -263,6 +303,7 @@ void Node::Impl::w_load_checkpoint(std::vector<uint8_t> bytes, CheckpointInfo in
   }
   replica_step = c.step;
   replica_hash = h;
+  held.reset();  // the coordinator sends whatever follows the checkpoint after the next sync
   {
     std::lock_guard<std::mutex> lk(status_mu);
     st.step = replica_step;

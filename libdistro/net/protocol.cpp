@@ -106,6 +106,7 @@ std::vector<uint8_t> encode(const Welcome& m) {
   w.u64(r.seed);
   w.u64(r.total_steps);
   w.u32(r.nodes_per_round);
+  if (r.overlap) w.u8(1);
   return w.take();
 }
 
@@ -147,6 +148,7 @@ std::vector<uint8_t> encode(const RoundStart& m) {
     fail(Code::invalid_argument, "round start: tokens and targets must hold batch * seq = " + std::to_string(n) + " values");
   ByteWriter w;
   w.u64(m.step);
+  if (m.has_base) w.u64(m.base_step);
   w.f32(m.lr);
   w.u64(m.batch_id);
   w.u32(m.slot);
@@ -253,6 +255,10 @@ Welcome decode_welcome(std::span<const uint8_t> body) {
   i.seed = r.u64("seed");
   i.total_steps = r.u64("total steps");
   i.nodes_per_round = r.u32("nodes per round");
+  if (r.left() > 0) {
+    if (r.u8("overlap") != 1) bad("welcome", "overlap flag is not 1; expected 1 or no byte at all");
+    i.overlap = true;
+  }
   r.finish();
   check_run_info(i);
   if (m.step > i.total_steps)
@@ -325,6 +331,13 @@ RoundStart decode_round_start(std::span<const uint8_t> body, const RunInfo& run)
   RoundStart m;
   m.step = r.u64("step");
   if (m.step < 1) bad("round start", "step 0; rounds count from 1");
+  if (run.overlap) {
+    m.has_base = true;
+    m.base_step = r.u64("base step");
+    if (m.base_step >= m.step || m.base_step + 2 < m.step)
+      bad("round start", "base step " + std::to_string(m.base_step) + " for step " + std::to_string(m.step) +
+                             "; an overlapped round trains on step - 1 or step - 2");
+  }
   m.lr = r.f32("lr");
   if (!std::isfinite(m.lr) || m.lr < 0.0f || m.lr > 10.0f) bad("round start", "lr " + std::to_string(m.lr) + " is outside 0..10");
   m.batch_id = r.u64("batch id");

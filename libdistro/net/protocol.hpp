@@ -65,6 +65,9 @@ struct RunInfo {
   uint64_t seed = 0;
   uint64_t total_steps = 0;
   uint32_t nodes_per_round = 0;
+  // Overlapped rounds (docs/network.md, "Overlapped rounds"): on the wire an optional trailing
+  // u8 1 of the welcome, so a welcome without overlap is the same bytes as before.
+  bool overlap = false;
 };
 // Throws Error(corrupt) naming the first field out of its range (same ranges as train's validate()).
 void check_run_info(const RunInfo& r);
@@ -110,6 +113,11 @@ struct RoundStart {
   uint32_t deadline_ms = 0;
   uint32_t batch = 0, seq = 0;
   std::vector<int32_t> tokens, targets;  // batch * seq each
+  // Overlapped runs only (encoded after the step when has_base): the step whose parameters the
+  // batch must be trained on (step - 2 when the round started before step - 1 was merged, else
+  // step - 1).
+  bool has_base = false;
+  uint64_t base_step = 0;
 };
 
 struct PayloadMsg {

@@ -1,5 +1,7 @@
 #include "net/round_state.hpp"
 
+#include <algorithm>
+
 #include "core/error.hpp"
 
 namespace distro::net {
@@ -12,6 +14,16 @@ std::vector<Assignment> assign_batches(BatchQueue& queue, const std::vector<uint
   std::vector<Assignment> out;
   for (size_t i = 0; i < n; ++i) out.push_back({uint32_t(i), ids[i], nodes[i]});
   return out;
+}
+
+bool start_next_round_early(bool overlap, bool closed_round_void, uint64_t step, uint64_t total_steps, size_t available,
+                            size_t closed_round_nodes, uint32_t min_nodes, uint32_t slots) {
+  if (!overlap || closed_round_void || step + 2 > total_steps) return false;
+  return available >= min_nodes && available >= std::min<size_t>(closed_round_nodes, slots);
+}
+
+bool hold_update(uint64_t update_step, uint64_t last_trained_step, uint64_t run_steps, bool leaving) {
+  return !(last_trained_step > update_step || update_step >= run_steps || leaving);
 }
 
 void RoundState::begin(uint64_t step, std::vector<Assignment> assignments) {

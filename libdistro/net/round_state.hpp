@@ -33,6 +33,16 @@ struct Assignment {
 // i-th. nodes must be ascending and distinct (Error(invalid_argument) otherwise).
 std::vector<Assignment> assign_batches(BatchQueue& queue, const std::vector<uint32_t>& nodes);
 
+// Overlapped rounds (docs/network.md, "Overlapped rounds"). The coordinator starts round
+// `step + 2` before merging the round `step + 1` it just closed only if that round was not void, the
+// run has that step, and as many nodes are available as the closed round had (at least min_nodes;
+// capped at slots): otherwise the next round starts after the merge, on the merged parameters.
+bool start_next_round_early(bool overlap, bool closed_round_void, uint64_t step, uint64_t total_steps, size_t available,
+                            size_t closed_round_nodes, uint32_t min_nodes, uint32_t slots);
+// A node of an overlapped run holds the update of `update_step` back (applies it later) unless it
+// already trained the round after it, the run ends with it, or the node is leaving.
+bool hold_update(uint64_t update_step, uint64_t last_trained_step, uint64_t run_steps, bool leaving);
+
 enum class Verdict { accept, late, violation };
 struct PayloadCheck {
   Verdict verdict = Verdict::violation;

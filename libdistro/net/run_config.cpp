@@ -21,7 +21,7 @@ const std::set<std::string> kKeys = {
     "preset", "data", "vocab", "val_fraction", "steps", "batch", "micro_batch", "seq", "lr", "warmup",
     "min_lr_ratio", "weight_decay", "clip", "topk", "chunk", "decay", "values", "seed", "threads",
     "nodes_per_round", "min_nodes", "fill_wait_s", "round_deadline_s", "listen", "state_dir",
-    "checkpoint_every", "update_history", "max_nodes", "node_up_limit", "node_down_limit", "tokens"};
+    "checkpoint_every", "update_history", "max_nodes", "node_up_limit", "node_down_limit", "tokens", "overlap"};
 
 struct Reader {
   const json& j;
@@ -180,6 +180,10 @@ RunConfig parse_run_config(const std::string& text, const std::string& path) {
   r.whole("max_nodes", c.max_nodes, 1, 1000000);
   r.real("node_up_limit", c.node_up_limit, 0.0, 1e12);
   r.real("node_down_limit", c.node_down_limit, 0.0, 1e12);
+  if (j.contains("overlap")) {
+    if (!j.at("overlap").is_boolean()) r.bad("overlap", "true or false");
+    t.overlap = j.at("overlap").get<bool>();
+  }
   c.tokens = parse_tokens(j, file);
   t.devices.assign(c.nodes_per_round, "cpu");
   c.path = path;

@@ -14,7 +14,8 @@ namespace distro::net {
 
 struct RunConfig {
   // Model, data, schedule and optimizer, as `distro train` takes them. train.devices holds
-  // nodes_per_round entries (the sampler's peer count); train.optimizer is "distro".
+  // nodes_per_round entries (the sampler's peer count); train.optimizer is "distro"; train.overlap
+  // ("overlap" in the file) makes the rounds overlapped (docs/network.md, "Overlapped rounds").
   TrainConfig train;
   uint32_t nodes_per_round = 4;   // batches (slots) per round
   uint32_t min_nodes = 1;         // in-sync nodes needed before a round starts

@@ -5,7 +5,11 @@ slowest node's training time in that round (the protocol's overhead), the in-pro
 the bytes each node moved per round. Not a test; run it by hand:
 
   /usr/bin/python3 tests/net/measure_round_overhead.py --distro build/bin/distro [--nodes 4]
-      [--steps 30] [--batch 2] [--seq 64] [--checkpoint-every 1] [--json out.json]
+      [--steps 30] [--batch 2] [--seq 64] [--checkpoint-every 1] [--overlap] [--json out.json]
+
+--overlap runs both the network run ("overlap": true) and the in-process run (--overlap) overlapped
+(docs/network.md, "Overlapped rounds"); round_interval_s_mean is then the wall time per round to
+compare with a run without it.
 """
 import argparse
 import datetime
@@ -41,6 +45,7 @@ def main():
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--preset", default="nano")
     ap.add_argument("--checkpoint-every", type=int, default=1)
+    ap.add_argument("--overlap", action="store_true")
     ap.add_argument("--json")
     a = ap.parse_args()
     import os
@@ -51,7 +56,8 @@ def main():
         tmp = Path(tmp)
         tokens = {f"n{i}": f"measure-token-{i:04d}-abcdefgh" for i in range(a.nodes)}
         cfg = nu.write_config(tmp, tokens, steps=a.steps, nodes_per_round=a.nodes, fill_wait_s=60, batch=a.batch,
-                              seq=a.seq, preset=a.preset, checkpoint_every=a.checkpoint_every)
+                              seq=a.seq, preset=a.preset, checkpoint_every=a.checkpoint_every,
+                              **({"overlap": True} if a.overlap else {}))
         t0 = time.time()
         serve, port, fp = nu.start_serve(tmp, cfg)
         nodes = [nu.start_node(tmp, n, port, t) for n, t in tokens.items()]
@@ -86,15 +92,15 @@ def main():
         t1 = time.time()
         subprocess.run([a.distro, "train", "--data", str(nu.DATA), "--preset", a.preset, "--peers", str(a.nodes),
                         "--steps", str(a.steps), "--batch", str(a.batch), "--seq", str(a.seq), "--seed", "1",
-                        "--threads", "1", "--eval-every", "0", "--eval-batches", "1", "--quiet", "--json", str(out)],
-                       check=True)
+                        "--threads", "1", "--eval-every", "0", "--eval-batches", "1", "--quiet", "--json", str(out)]
+                       + (["--overlap"] if a.overlap else []), check=True)
         train_wall = time.time() - t1
         tj = json.loads(out.read_text())
         inproc = [r["seconds"] for r in tj["steps"] if r["step"] > skip]
         allreduce = tj["summary"]["allreduce_bytes_per_peer_step"]
 
     res = {
-        "nodes": a.nodes, "steps": a.steps, "checkpoint_every": a.checkpoint_every, "batch": a.batch, "seq": a.seq, "preset": a.preset,
+        "overlap": a.overlap, "nodes": a.nodes, "steps": a.steps, "checkpoint_every": a.checkpoint_every, "batch": a.batch, "seq": a.seq, "preset": a.preset,
         "net_wall_s": net_wall, "inprocess_wall_s": train_wall,
         "round_interval_s_mean": statistics.mean(gaps),
         "coordinator_round_s_mean": statistics.mean(coord),

@@ -516,6 +516,70 @@ TEST_CASE("net round state: a violation discards a delivered payload, and a void
   CHECK_THROWS_AS(RoundState().begin(0, {}), Error);
 }
 
+TEST_CASE("net overlap: welcome flag and the round start's base step", "[net]") {
+  // Without overlap the welcome is the same bytes as before the option; with it, one byte 1 more.
+  Welcome w = welcome();
+  Bytes plain = encode(w);
+  w.run.overlap = true;
+  Bytes over = encode(w);
+  REQUIRE(over.size() == plain.size() + 1);
+  CHECK(Bytes(over.begin(), over.end() - 1) == plain);
+  CHECK_FALSE(decode_welcome(plain).run.overlap);
+  CHECK(decode_welcome(over).run.overlap);
+  over.back() = 2;
+  rejects([&] { decode_welcome(over); }, Code::corrupt, "overlap flag is not 1");
+  over.back() = 1;
+  over.push_back(1);
+  rejects([&] { decode_welcome(over); }, Code::corrupt, "");
+
+  RunInfo run = run_info();
+  run.overlap = true;
+  RoundStart m = round_start();  // step 13
+  m.has_base = true;
+  m.base_step = 11;
+  RoundStart back = decode_round_start(encode(m), run);
+  CHECK(back.has_base);
+  CHECK(back.base_step == 11);
+  CHECK(back.slot == m.slot);
+  CHECK(back.tokens == m.tokens);
+  strict_length(encode(m), [&](const Bytes& b) { decode_round_start(b, run); });
+  m.base_step = 12;
+  CHECK(decode_round_start(encode(m), run).base_step == 12);
+  for (uint64_t b : {uint64_t(13), uint64_t(14), uint64_t(10), uint64_t(0)}) {
+    m.base_step = b;
+    rejects([&] { decode_round_start(encode(m), run); }, Code::corrupt, "base step " + std::to_string(b) + " for step 13");
+  }
+  // A round start without the base does not decode in an overlapped run, nor one with it in a plain run.
+  rejects([&] { decode_round_start(encode(round_start()), run); }, Code::corrupt, "");
+  m.base_step = 11;
+  rejects([&] { decode_round_start(encode(m), run_info()); }, Code::corrupt, "");
+
+  Manifest man = make_manifest({{"w", {128, 128}}}, 64, 4, ValueMode::sign);
+  CHECK(node_frame_limits(run, man).max_body[uint8_t(Kind::round_start)] == 44 + 8 * 2 * 4);
+  CHECK(encode(m).size() == 44 + 8 * 2 * 4);
+  CHECK(node_frame_limits().max_body[uint8_t(Kind::round_start)] >= node_frame_limits(run, man).max_body[uint8_t(Kind::round_start)]);
+}
+
+TEST_CASE("net overlap: when the next round starts early and when a node holds an update back", "[net]") {
+  // overlap, void, step, total, available, closed round's nodes, min_nodes, slots
+  CHECK(start_next_round_early(true, false, 5, 30, 4, 4, 1, 4));
+  CHECK_FALSE(start_next_round_early(false, false, 5, 30, 4, 4, 1, 4));  // option off
+  CHECK_FALSE(start_next_round_early(true, true, 5, 30, 4, 4, 1, 4));    // a void round is retried after
+  CHECK(start_next_round_early(true, false, 28, 30, 4, 4, 1, 4));        // round 30 exists
+  CHECK_FALSE(start_next_round_early(true, false, 29, 30, 4, 4, 1, 4));  // round 31 does not
+  CHECK_FALSE(start_next_round_early(true, false, 5, 30, 3, 4, 1, 4));   // a node was lost: wait for it
+  CHECK(start_next_round_early(true, false, 5, 30, 3, 3, 1, 4));         // as many as the last round had
+  CHECK(start_next_round_early(true, false, 5, 30, 4, 6, 1, 4));         // capped at the slots
+  CHECK_FALSE(start_next_round_early(true, false, 5, 30, 2, 2, 3, 4));   // below min_nodes
+
+  // update step, last trained step, run steps, leaving
+  CHECK(hold_update(7, 7, 30, false));        // trained round 7, round 8 not yet: hold U_7
+  CHECK(hold_update(7, 0, 30, false));        // trained nothing yet (a joiner, a paused node)
+  CHECK_FALSE(hold_update(7, 8, 30, false));  // round 8's payload is made: apply U_7
+  CHECK_FALSE(hold_update(30, 30, 30, false));  // the run's last update lands at once
+  CHECK_FALSE(hold_update(7, 7, 30, true));   // leaving: nothing is held back
+}
+
 namespace {
 struct TmpDir {
   fs::path dir;
@@ -558,6 +622,9 @@ TEST_CASE("net run config: defaults, anchored paths and every error named", "[ne
   bad(R"("round_deadline_s": 0)", "key 'round_deadline_s' is 0");
   bad(R"("listen": 7600)", "key 'listen' is 7600");
   bad(R"("micro_batch": 3)", "micro-batch is 3");
+  bad(R"("overlap": 1)", "key 'overlap' is 1; expected true or false");
+  CHECK_FALSE(c.train.overlap);
+  CHECK(parse_run_config(with(R"("overlap": true)"), "run.json").train.overlap);
   rejects([] { parse_run_config(R"({"tokens": {"a": "aaaaaaaaaaaaaaaaaaaa"}})", "run.json"); }, Code::invalid_argument,
           "key 'data' is missing");
   rejects([] { parse_run_config(R"({"data": "x"})", "run.json"); }, Code::invalid_argument, "key 'tokens' is missing");
