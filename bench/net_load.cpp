@@ -306,23 +306,7 @@ class RunView {
       return "";
     }
     if (w.step != 0) return "the run is at step " + std::to_string(w.step) + "; the load test follows a fresh run (step 0) only";
-    TrainConfig c;
-    c.preset = w.run.preset;
-    c.vocab = int(w.run.vocab);
-    c.batch = int(w.run.batch);
-    c.micro_batch = int(w.run.micro_batch);
-    c.seq = int(w.run.seq);
-    c.clip = w.run.clip;
-    c.chunk = w.run.chunk;
-    c.topk = w.run.topk;
-    c.decay = w.run.decay;
-    c.values = w.run.values;
-    c.seed = w.run.seed;
-    c.steps = w.run.total_steps;
-    c.optimizer = "distro";
-    c.threads = 1;
-    c.devices = {"cpu"};
-    c.data = "(none: simulated nodes)";
+    TrainConfig c = peer_config(w.run, "cpu", 1, "(none: simulated nodes)");
     replica_ = std::make_unique<Replica>(c, llama_preset(c.preset, c.vocab), w.node_id, w.run_id, "cpu");
     manifest_ = replica_->optimizer().manifest();
     if (manifest_.hash != w.manifest_hash) return "this build's manifest differs from the coordinator's";

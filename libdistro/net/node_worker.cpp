@@ -70,23 +70,7 @@ void Node::Impl::w_fail_link(const std::string& reason) {
 
 void Node::Impl::w_prepare(const Welcome& w) {
   if (!replica || !same_run(built_for, w)) {
-    TrainConfig c;
-    c.preset = w.run.preset;
-    c.vocab = int(w.run.vocab);
-    c.batch = int(w.run.batch);
-    c.micro_batch = int(w.run.micro_batch);
-    c.seq = int(w.run.seq);
-    c.clip = w.run.clip;
-    c.chunk = w.run.chunk;
-    c.topk = w.run.topk;
-    c.decay = w.run.decay;
-    c.values = w.run.values;
-    c.seed = w.run.seed;
-    c.steps = w.run.total_steps;
-    c.optimizer = "distro";
-    c.threads = opt.threads;
-    c.devices = {opt.device};
-    c.data = "(batches come from the coordinator)";
+    TrainConfig c = peer_config(w.run, opt.device, opt.threads, "(batches come from the coordinator)");
     try {
       LlamaConfig lc = llama_preset(c.preset, c.vocab);
       if (c.seq > lc.max_seq)

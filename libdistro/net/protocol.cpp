@@ -51,6 +51,27 @@ void check_version(uint16_t v, const char* msg) {
 
 }  // namespace
 
+TrainConfig peer_config(const RunInfo& r, const std::string& device, unsigned threads, const std::string& data) {
+  TrainConfig c;
+  c.preset = r.preset;
+  c.vocab = int(r.vocab);
+  c.batch = int(r.batch);
+  c.micro_batch = int(r.micro_batch);
+  c.seq = int(r.seq);
+  c.clip = r.clip;
+  c.chunk = r.chunk;
+  c.topk = r.topk;
+  c.decay = r.decay;
+  c.values = r.values;
+  c.seed = r.seed;
+  c.steps = r.total_steps;
+  c.optimizer = "distro";
+  c.threads = threads;
+  c.devices = {device};
+  c.data = data;
+  return c;
+}
+
 void check_run_info(const RunInfo& r) {
   auto no = [](const std::string& what) { bad("welcome", what); };
   if (r.preset.empty() || r.preset.size() > kMaxPreset) no("preset name must be 1.." + std::to_string(kMaxPreset) + " bytes");

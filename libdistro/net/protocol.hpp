@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "optim/manifest.hpp"
+#include "train/trainer.hpp"
 
 namespace distro::net {
 
@@ -71,6 +72,9 @@ struct RunInfo {
 };
 // Throws Error(corrupt) naming the first field out of its range (same ranges as train's validate()).
 void check_run_info(const RunInfo& r);
+// The training settings a peer of this run uses (train/replica.hpp): the run's arithmetic, one peer on
+// `device` with `threads` CPU threads; `data` only names where the batches come from.
+TrainConfig peer_config(const RunInfo& r, const std::string& device, unsigned threads, const std::string& data);
 
 struct Welcome {
   uint16_t version = kProtocolVersion;
