@@ -20,6 +20,7 @@ const char* kUsage =
     "                            simulated peers and report what each peer would send and receive\n"
     "  bench optimizer [options] time each stage of the optimizer; --json FILE writes the figures\n"
     "  bench model [options]     time the built-in model's forward and backward on the CPU\n"
+    "  bench network [options]   bytes per node per round, up and down, against a ring all-reduce\n"
     "  serve --config run.json   coordinate a network run: nodes join over TLS and train together\n"
     "  node [options]            contribute this machine to a network run\n"
     "  version                   print the version\n"
