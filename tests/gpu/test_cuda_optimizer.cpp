@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "backend/cpu_device.hpp"
+#include "guarded.hpp"
 #include "optim/chunk_math.hpp"
 #include "optim/dct.hpp"
 #include "optim/manifest.hpp"
@@ -56,35 +57,7 @@ constexpr int kScale = 1;
 constexpr int kScale = 4;
 #endif
 
-constexpr size_t kGuard = 64;  // guard bytes before and after every device output
-constexpr uint8_t kPattern = 0xA5;
-
-// A device buffer of `bytes` with kGuard pattern bytes on either side; data() points past the
-// front guard (kGuard keeps 16-byte alignment).
-struct Guarded {
-  Device* dev;
-  DeviceMemory mem;
-  size_t bytes;
-  Guarded(Device& d, size_t n, const void* init = nullptr) : dev(&d), bytes(n) {
-    mem = d.alloc(n + 2 * kGuard);
-    std::vector<uint8_t> host(n + 2 * kGuard, kPattern);
-    if (init) std::memcpy(host.data() + kGuard, init, n);
-    d.upload(mem.data(), host.data(), host.size());
-  }
-  template <class T> T* data() const { return reinterpret_cast<T*>(mem.as<uint8_t>() + kGuard); }
-  template <class T> std::vector<T> get() const {
-    std::vector<T> out(bytes / sizeof(T));
-    dev->download(out.data(), mem.as<uint8_t>() + kGuard, bytes);
-    return out;
-  }
-  bool guards_intact() const {
-    std::vector<uint8_t> host(bytes + 2 * kGuard);
-    dev->download(host.data(), mem.data(), host.size());
-    for (size_t i = 0; i < kGuard; ++i)
-      if (host[i] != kPattern || host[kGuard + bytes + i] != kPattern) return false;
-    return true;
-  }
-};
+using test::Guarded;
 
 bool bits_equal(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
