@@ -11,6 +11,7 @@
 #include "backend/registry.hpp"
 #include "cuda/cublaslt_gemm.hpp"
 #include "cuda/kernels.hpp"
+#include "cuda/op_timer.hpp"
 #include "optim/dct.hpp"
 
 namespace distro {
@@ -79,12 +80,14 @@ CudaDevice::CudaDevice(int ordinal) : ordinal_(ordinal) {
   info_.subgroup_size = uint32_t(prop.warpSize);
   sm_count_ = unsigned(prop.multiProcessorCount > 0 ? prop.multiProcessorCount : 1);
   max_blocks_ = sm_count_ * kBlocksPerSm;
+  timer_ = std::make_unique<cuda::OpTimer>(stream_);
 }
 
 CudaDevice::~CudaDevice() {
   // Errors are ignored here: at process exit the runtime may already be unloading
   // (cudaErrorCudartUnloading), and a destructor must not throw.
   if (cudaSetDevice(ordinal_) == cudaSuccess) {
+    timer_.reset();  // reads its events (and prints) while the stream exists
     if (scratch_) cudaFree(scratch_);
     if (stream_) cudaStreamDestroy(stream_);
   }
@@ -130,6 +133,7 @@ void CudaDevice::release(void* ptr) noexcept {
 }
 
 void CudaDevice::upload(void* dst, const void* src, size_t bytes) {
+  cuda::OpTimer::Scope timed(*timer_, "upload");
   if (bytes == 0) return;
   if (!dst || !src) fail(Code::invalid_argument, info_.name + ": upload with a null pointer");
   activate();
@@ -138,6 +142,7 @@ void CudaDevice::upload(void* dst, const void* src, size_t bytes) {
 }
 
 void CudaDevice::download(void* dst, const void* src, size_t bytes) {
+  cuda::OpTimer::Scope timed(*timer_, "download");
   if (bytes == 0) return;
   if (!dst || !src) fail(Code::invalid_argument, info_.name + ": download with a null pointer");
   activate();
@@ -146,6 +151,7 @@ void CudaDevice::download(void* dst, const void* src, size_t bytes) {
 }
 
 void CudaDevice::zero(void* dst, size_t bytes) {
+  cuda::OpTimer::Scope timed(*timer_, "zero");
   if (bytes == 0) return;
   if (!dst) fail(Code::invalid_argument, info_.name + ": zero with a null pointer");
   activate();
@@ -172,6 +178,7 @@ void CudaDevice::check_device_pointer(const void* p, const char* op) const {
 }
 
 uint64_t CudaDevice::hash(const float* data, uint64_t n, uint64_t salt) {
+  cuda::OpTimer::Scope timed(*timer_, "hash");
   if (n == 0) return 0;
   if (!data) fail(Code::invalid_argument, info_.name + ": hash of a null pointer");
   if (reinterpret_cast<uintptr_t>(data) % alignof(float) != 0)
@@ -277,6 +284,7 @@ void check_aligned(const std::string& dev, const char* op,
 }  // namespace
 
 void CudaDevice::compress(const CompressArgs& a) {
+  cuda::OpTimer::Scope timed(*timer_, "compress");
   const cuda::ChunkShape shape = checked_shape(a.plan, info_.name, "compress");
   const TensorPlan& p = *a.plan;
   const uint32_t E = p.n1 * p.n2;
@@ -320,6 +328,7 @@ void CudaDevice::compress(const CompressArgs& a) {
 }
 
 void CudaDevice::apply(const ApplyArgs& a) {
+  cuda::OpTimer::Scope timed(*timer_, "apply");
   const cuda::ChunkShape shape = checked_shape(a.plan, info_.name, "apply");
   const TensorPlan& p = *a.plan;
   if (shape.chunks == 0) return;
@@ -350,6 +359,7 @@ void CudaDevice::apply(const ApplyArgs& a) {
 
 uint64_t CudaDevice::first_nonfinite_momentum(const float* delta, const float* grad, float beta, float lr,
                                               uint64_t n) {
+  cuda::OpTimer::Scope timed(*timer_, "first_nonfinite_momentum");
   if (n == 0) return UINT64_MAX;
   activate();
   check_range(delta, n * 4, "delta", "first_nonfinite_momentum");

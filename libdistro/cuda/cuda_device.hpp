@@ -22,6 +22,7 @@ struct CUstream_st;
 namespace distro {
 namespace cuda {
 class LtGemm;
+class OpTimer;
 }
 
 class CudaDevice final : public Device {
@@ -109,6 +110,7 @@ class CudaDevice final : public Device {
   mutable std::mutex mutex_;               // guards info_.memory_free and the scratch word
   unsigned long long* scratch_ = nullptr;  // one device word for reductions (hash)
   unsigned sm_count_ = 1;
+  std::unique_ptr<cuda::OpTimer> timer_;  // DISTRO_CUDA_OP_TIMES=1: GPU time per op (op_timer.hpp)
 
   mutable std::mutex alloc_mu_;
   std::map<uintptr_t, size_t> allocs_;  // live allocations made by alloc(): base -> bytes

@@ -13,6 +13,7 @@
 
 #include "cuda/cublaslt_gemm.hpp"
 #include "cuda/cuda_device.hpp"
+#include "cuda/op_timer.hpp"
 #include "cuda/cuda_error.hpp"
 #include "cuda/kernels.hpp"
 
@@ -69,6 +70,12 @@ void check_aligned4(const std::string& dev, const char* op, std::initializer_lis
 
 uint64_t u(int64_t v) { return uint64_t(v); }
 
+// The op timer's row for one GEMM shape: "matmul 16384x2048x2048 tB +C".
+std::string matmul_name(int64_t M, int64_t N, int64_t K, bool transA, bool transB, float beta) {
+  return "matmul " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) + (transA ? " tA" : "") +
+         (transB ? " tB" : "") + (beta != 0.0f ? " +C" : "");
+}
+
 }  // namespace
 
 uint8_t* CudaDevice::model_scratch(uint64_t bytes) {
@@ -98,6 +105,7 @@ void CudaDevice::model_ids(const int32_t* ids, int64_t n, int64_t vocab, const c
 }
 
 void CudaDevice::adamw(const AdamWArgs& a) {
+  cuda::OpTimer::Scope timed(*timer_, "adamw");
   if (a.n == 0) return;
   const char* op = "adamw";
   activate();
@@ -115,6 +123,7 @@ void CudaDevice::adamw(const AdamWArgs& a) {
 
 void CudaDevice::matmul(float* C, const float* A, const float* B, int64_t M, int64_t N, int64_t K, bool transA,
                         bool transB, float alpha, float beta) {
+  cuda::OpTimer::Scope timed(*timer_, timer_->enabled() ? matmul_name(M, N, K, transA, transB, beta) : std::string());
   const char* op = "matmul";
   check_size(info_.name, op, "M", M), check_size(info_.name, op, "N", N), check_size(info_.name, op, "K", K);
   if (M == 0 || N == 0) return;
@@ -145,6 +154,7 @@ void CudaDevice::matmul(float* C, const float* A, const float* B, int64_t M, int
 
 void CudaDevice::embedding_forward(float* out, const float* table, const int32_t* ids, int64_t n, int64_t vocab,
                                    int64_t dim) {
+  cuda::OpTimer::Scope timed(*timer_, "embedding_forward");
   const char* op = "embedding_forward";
   check_size(info_.name, op, "n", n), check_size(info_.name, op, "dim", dim);
   if (n == 0 || dim == 0) return;
@@ -159,6 +169,7 @@ void CudaDevice::embedding_forward(float* out, const float* table, const int32_t
 
 void CudaDevice::embedding_backward(float* dtable, const float* dout, const int32_t* ids, int64_t n, int64_t vocab,
                                     int64_t dim) {
+  cuda::OpTimer::Scope timed(*timer_, "embedding_backward");
   const char* op = "embedding_backward";
   check_size(info_.name, op, "n", n), check_size(info_.name, op, "dim", dim);
   if (n == 0 || dim == 0) return;
@@ -197,6 +208,7 @@ void CudaDevice::embedding_backward(float* dtable, const float* dout, const int3
 
 void CudaDevice::rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int64_t rows, int64_t dim,
                                  float eps) {
+  cuda::OpTimer::Scope timed(*timer_, "rmsnorm_forward");
   const char* op = "rmsnorm_forward";
   check_size(info_.name, op, "rows", rows);
   if (dim <= 0) fail(Code::invalid_argument, where(info_.name, op) + "dim must be positive");
@@ -210,6 +222,7 @@ void CudaDevice::rmsnorm_forward(float* y, float* rstd, const float* x, const fl
 
 void CudaDevice::rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,
                                   const float* rstd, int64_t rows, int64_t dim) {
+  cuda::OpTimer::Scope timed(*timer_, "rmsnorm_backward");
   const char* op = "rmsnorm_backward";
   check_size(info_.name, op, "rows", rows);
   if (dim <= 0) fail(Code::invalid_argument, where(info_.name, op) + "dim must be positive");
@@ -226,6 +239,7 @@ void CudaDevice::rmsnorm_backward(float* dx, float* dw, const float* dy, const f
 }
 
 void CudaDevice::rope_forward(float* x, const float* cos, const float* sin, const HeadShape& s) {
+  cuda::OpTimer::Scope timed(*timer_, "rope_forward");
   const char* op = "rope_forward";
   check_heads(info_.name, op, s, true);
   if (s.batch == 0 || s.seq == 0) return;
@@ -239,6 +253,7 @@ void CudaDevice::rope_forward(float* x, const float* cos, const float* sin, cons
 }
 
 void CudaDevice::rope_backward(float* dx, const float* cos, const float* sin, const HeadShape& s) {
+  cuda::OpTimer::Scope timed(*timer_, "rope_backward");
   const char* op = "rope_backward";
   check_heads(info_.name, op, s, true);
   if (s.batch == 0 || s.seq == 0) return;
@@ -258,6 +273,7 @@ void CudaDevice::rope_backward(float* dx, const float* cos, const float* sin, co
 // out = P V written straight into out's layout.
 void CudaDevice::attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                                    const HeadShape& s) {
+  cuda::OpTimer::Scope timed(*timer_, "attention_forward");
   const char* op = "attention_forward";
   check_heads(info_.name, op, s, false);
   if (s.batch == 0 || s.seq == 0) return;
@@ -314,6 +330,7 @@ void CudaDevice::attention_forward(float* out, float* lse, const float* q, const
 void CudaDevice::attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
                                     const float* k, const float* v, const float* out, const float* lse,
                                     const HeadShape& s) {
+  cuda::OpTimer::Scope timed(*timer_, "attention_backward");
   const char* op = "attention_backward";
   check_heads(info_.name, op, s, false);
   if (s.batch == 0 || s.seq == 0) return;
@@ -380,6 +397,7 @@ void CudaDevice::attention_backward(float* dq, float* dk, float* dv, const float
 }
 
 void CudaDevice::swiglu_forward(float* h, const float* g, const float* u_, int64_t n) {
+  cuda::OpTimer::Scope timed(*timer_, "swiglu_forward");
   const char* op = "swiglu_forward";
   check_size(info_.name, op, "n", n);
   if (n == 0) return;
@@ -390,6 +408,7 @@ void CudaDevice::swiglu_forward(float* h, const float* g, const float* u_, int64
 }
 
 void CudaDevice::swiglu_backward(float* dg, float* du, const float* dh, const float* g, const float* u_, int64_t n) {
+  cuda::OpTimer::Scope timed(*timer_, "swiglu_backward");
   const char* op = "swiglu_backward";
   check_size(info_.name, op, "n", n);
   if (n == 0) return;
@@ -402,6 +421,7 @@ void CudaDevice::swiglu_backward(float* dg, float* du, const float* dh, const fl
 
 void CudaDevice::cross_entropy(float* loss, float* dlogits, const float* logits, const int32_t* targets,
                                int64_t rows, int64_t vocab, float scale) {
+  cuda::OpTimer::Scope timed(*timer_, "cross_entropy");
   const char* op = "cross_entropy";
   check_size(info_.name, op, "rows", rows);
   if (vocab <= 0) fail(Code::invalid_argument, where(info_.name, op) + "vocab must be positive");
@@ -418,6 +438,7 @@ void CudaDevice::cross_entropy(float* loss, float* dlogits, const float* logits,
 }
 
 void CudaDevice::add(float* out, const float* a, const float* b, int64_t n) {
+  cuda::OpTimer::Scope timed(*timer_, "add");
   const char* op = "add";
   check_size(info_.name, op, "n", n);
   if (n == 0) return;
@@ -428,6 +449,7 @@ void CudaDevice::add(float* out, const float* a, const float* b, int64_t n) {
 }
 
 void CudaDevice::axpy(float* y, const float* x, float alpha, int64_t n) {
+  cuda::OpTimer::Scope timed(*timer_, "axpy");
   const char* op = "axpy";
   check_size(info_.name, op, "n", n);
   if (n == 0) return;
@@ -438,6 +460,7 @@ void CudaDevice::axpy(float* y, const float* x, float alpha, int64_t n) {
 }
 
 void CudaDevice::scale(float* x, float alpha, int64_t n) {
+  cuda::OpTimer::Scope timed(*timer_, "scale");
   const char* op = "scale";
   check_size(info_.name, op, "n", n);
   if (n == 0) return;

@@ -4,11 +4,13 @@
 #include <algorithm>
 
 #include "cuda/cuda_device.hpp"
+#include "cuda/op_timer.hpp"
 #include "cuda/kernels.hpp"
 
 namespace distro {
 
 double CudaDevice::sum_squares(const float* x, uint64_t n) {
+  cuda::OpTimer::Scope timed(*timer_, "sum_squares");
   if (n == 0) return 0.0;
   check_range(x, n * 4, "x", "sum_squares");
   activate();

@@ -11,7 +11,10 @@
 #include <string>
 #include <vector>
 
+#include <cuda_runtime_api.h>
+
 #include "backend/registry.hpp"
+#include "cuda/op_timer.hpp"
 #include "optim/hash_mix.hpp"
 
 using namespace distro;
@@ -201,6 +204,40 @@ TEST_CASE("cuda: hash is stable, sees every element, and rejects bad pointers", 
   }
   dev.upload(mem.data(), host.data(), n * sizeof(float));
   CHECK(dev.hash(mem.as<float>(), n, 3) == h);
+}
+
+TEST_CASE("cuda: the op timer counts each scope's GPU time under its name", "[cuda][timer]") {
+  REQUIRE(cudaSetDevice(0) == cudaSuccess);
+  cudaStream_t stream = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess);
+  void* buf = nullptr;
+  const size_t bytes = size_t(256) << 20;
+  REQUIRE(cudaMalloc(&buf, bytes) == cudaSuccess);
+  {
+    cuda::OpTimer off(stream);  // DISTRO_CUDA_OP_TIMES is not set in the tests
+    if (!off.enabled()) {
+      { cuda::OpTimer::Scope s(off, "memset"); }
+      CHECK(off.rows().empty());
+    }
+    cuda::OpTimer t(stream, true);
+    for (int i = 0; i < 3; ++i) {
+      cuda::OpTimer::Scope s(t, "memset");
+      REQUIRE(cudaMemsetAsync(buf, i, bytes, stream) == cudaSuccess);
+    }
+    {
+      cuda::OpTimer::Scope s(t, std::string("nothing"));
+    }
+    const auto rows = t.rows();
+    REQUIRE(rows.size() == 2);
+    CHECK(rows[0].op == "memset");  // most time first
+    CHECK(rows[0].calls == 3);
+    CHECK(rows[0].ms > 0.0);  // 768 MiB written: tens of microseconds at least
+    CHECK(rows[1].op == "nothing");
+    CHECK(rows[1].calls == 1);
+    CHECK(rows[1].ms <= rows[0].ms);
+  }
+  cudaFree(buf);
+  cudaStreamDestroy(stream);
 }
 
 #endif  // DISTRO_HAVE_CUDA
