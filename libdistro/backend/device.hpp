@@ -144,6 +144,22 @@ class Device {
   // its own payload. The default copies x to the host in pieces and sums in index order.
   virtual double sum_squares(const float* x, uint64_t n);
 
+  // The three reductions above over `count` buffers at once, out[i] equal to the single op's result
+  // for buffer i. A GPU queues every pass and waits once (per-buffer waits cost more than the passes
+  // on a model of many small tensors). Defaults call the single ops in order. Checks and errors as
+  // for the single ops, naming no buffer index.
+  virtual void hash_many(const float* const* data, const uint64_t* n, const uint64_t* salt, size_t count,
+                         uint64_t* out) {
+    for (size_t i = 0; i < count; ++i) out[i] = hash(data[i], n[i], salt[i]);
+  }
+  virtual void sum_squares_many(const float* const* x, const uint64_t* n, size_t count, double* out) {
+    for (size_t i = 0; i < count; ++i) out[i] = sum_squares(x[i], n[i]);
+  }
+  virtual void first_nonfinite_momentum_many(const float* const* delta, const float* const* grad, const uint64_t* n,
+                                             float beta, float lr, size_t count, uint64_t* out) {
+    for (size_t i = 0; i < count; ++i) out[i] = first_nonfinite_momentum(delta[i], grad[i], beta, lr, n[i]);
+  }
+
   // ---- Model ops; defaults report the op as unsupported on this device. ----
   // C[M,N] = alpha * op(A) op(B) + beta * C with op(A) [M,K] and op(B) [K,N]; A is stored [K,M] when
   // transA, B is stored [N,K] when transB. beta == 0 never reads C (it may hold garbage).

@@ -375,6 +375,61 @@ uint64_t CudaDevice::first_nonfinite_momentum(const float* delta, const float* g
   return uint64_t(first);
 }
 
+unsigned long long* CudaDevice::results(size_t words) {
+  const size_t bytes = std::max<size_t>(words, 1) * sizeof(unsigned long long);
+  if (results_.bytes() < bytes) {
+    synchronize();  // queued work may still write the old buffer
+    results_ = DeviceMemory();
+    results_ = alloc(std::max(bytes, size_t(4096)));
+  }
+  return results_.as<unsigned long long>();
+}
+
+void CudaDevice::hash_many(const float* const* data, const uint64_t* n, const uint64_t* salt, size_t count,
+                           uint64_t* out) {
+  cuda::OpTimer::Scope timed(*timer_, "hash_many");
+  if (count == 0) return;
+  activate();
+  for (size_t i = 0; i < count; ++i) {
+    if (n[i] == 0) continue;
+    if (!data[i]) fail(Code::invalid_argument, info_.name + ": hash of a null pointer");
+    if (reinterpret_cast<uintptr_t>(data[i]) % alignof(float) != 0)
+      fail(Code::invalid_argument, info_.name + ": hash: data is not aligned to 4 bytes");
+    check_device_pointer(data[i], "hash");
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  unsigned long long* sums = results(count);
+  DISTRO_CUDA_CHECK(cudaMemsetAsync(sums, 0, count * sizeof(unsigned long long), stream_));
+  for (size_t i = 0; i < count; ++i)
+    if (n[i]) DISTRO_CUDA_CHECK(cuda::launch_hash(data[i], n[i], salt[i], sums + i, max_blocks_, stream_));
+  static_assert(sizeof(unsigned long long) == sizeof(uint64_t));
+  DISTRO_CUDA_CHECK(cudaMemcpyAsync(out, sums, count * sizeof(uint64_t), cudaMemcpyDeviceToHost, stream_));
+  DISTRO_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void CudaDevice::first_nonfinite_momentum_many(const float* const* delta, const float* const* grad,
+                                               const uint64_t* n, float beta, float lr, size_t count,
+                                               uint64_t* out) {
+  cuda::OpTimer::Scope timed(*timer_, "first_nonfinite_momentum_many");
+  if (count == 0) return;
+  activate();
+  for (size_t i = 0; i < count; ++i) {
+    if (n[i] == 0) continue;
+    check_range(delta[i], n[i] * 4, "delta", "first_nonfinite_momentum");
+    check_range(grad[i], n[i] * 4, "grad", "first_nonfinite_momentum");
+    if (reinterpret_cast<uintptr_t>(delta[i]) % 4 != 0 || reinterpret_cast<uintptr_t>(grad[i]) % 4 != 0)
+      fail(Code::invalid_argument, info_.name + ": first_nonfinite_momentum: buffers are not aligned to 4 bytes");
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  unsigned long long* first = results(count);
+  DISTRO_CUDA_CHECK(cudaMemsetAsync(first, 0xFF, count * sizeof(unsigned long long), stream_));
+  for (size_t i = 0; i < count; ++i)
+    if (n[i])
+      DISTRO_CUDA_CHECK(cuda::launch_first_nonfinite(delta[i], grad[i], beta, lr, n[i], first + i, max_blocks_, stream_));
+  DISTRO_CUDA_CHECK(cudaMemcpyAsync(out, first, count * sizeof(uint64_t), cudaMemcpyDeviceToHost, stream_));
+  DISTRO_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
 std::vector<std::unique_ptr<Device>> scan_cuda_devices() {
   std::vector<std::unique_ptr<Device>> out;
   int count = 0;

@@ -49,6 +49,12 @@ class CudaDevice final : public Device {
   uint64_t hash(const float* data, uint64_t n, uint64_t salt) override;
   // Deterministic for this device (kernels/reduce.cu); waits for its answer. cuda_reduce.cpp.
   double sum_squares(const float* x, uint64_t n) override;
+  // Queued pass by pass, one copy of the results and one wait.
+  void hash_many(const float* const* data, const uint64_t* n, const uint64_t* salt, size_t count,
+                 uint64_t* out) override;
+  void sum_squares_many(const float* const* x, const uint64_t* n, size_t count, double* out) override;
+  void first_nonfinite_momentum_many(const float* const* delta, const float* const* grad, const uint64_t* n,
+                                     float beta, float lr, size_t count, uint64_t* out) override;
 
   // The DisTrO optimizer ops (kernels/distro_compress.cu, kernels/distro_apply.cu). Every pointer
   // is device memory of this device; a buffer allocated through this object is also checked for
@@ -117,6 +123,9 @@ class CudaDevice final : public Device {
   // Every DeviceMemory member comes after allocs_ and alloc_mu_: members are destroyed in reverse
   // order, and a DeviceMemory's destructor calls release(), which erases from allocs_.
   DeviceMemory reduce_scratch_;  // sum_squares: per-block partials and the result (guarded by mutex_)
+  DeviceMemory results_;         // the *_many ops' per-buffer results, grown on demand (guarded by mutex_)
+  // results_ with room for `words` 8-byte results (mutex_ held).
+  unsigned long long* results(size_t words);
 
   std::mutex basis_mu_;
   std::map<uint32_t, std::unique_ptr<Basis>> bases_;  // by chunk edge, built on first use

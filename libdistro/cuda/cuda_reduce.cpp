@@ -32,4 +32,30 @@ double CudaDevice::sum_squares(const float* x, uint64_t n) {
   return result;
 }
 
+void CudaDevice::sum_squares_many(const float* const* x, const uint64_t* n, size_t count, double* out) {
+  cuda::OpTimer::Scope timed(*timer_, "sum_squares_many");
+  if (count == 0) return;
+  for (size_t i = 0; i < count; ++i)
+    if (n[i]) check_range(x[i], n[i] * 4, "x", "sum_squares");
+  activate();
+  const unsigned blocks = std::min<unsigned>(cuda::kSumSquaresMaxBlocks, sm_count_ * 4);
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!reduce_scratch_.data()) reduce_scratch_ = alloc((cuda::kSumSquaresMaxBlocks + 1) * sizeof(double));
+  double* partial = reduce_scratch_.as<double>();
+  // Each buffer's two kernels run after the previous buffer's on the stream, so one partial buffer
+  // serves them all; the sums land in results_, read back once.
+  static_assert(sizeof(double) == sizeof(unsigned long long));
+  auto* sums = reinterpret_cast<double*>(results(count));
+  cudaError_t err = cudaMemsetAsync(sums, 0, count * sizeof(double), stream_);
+  for (size_t i = 0; i < count && err == cudaSuccess; ++i)
+    if (n[i]) err = cuda::launch_sum_squares(x[i], n[i], partial, blocks, sums + i, stream_);
+  if (err == cudaSuccess) err = cudaMemcpyAsync(out, sums, count * sizeof(double), cudaMemcpyDeviceToHost, stream_);
+  if (err == cudaSuccess) err = cudaStreamSynchronize(stream_);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    fail(Code::device, info().name + ": sum_squares failed: " + cudaGetErrorName(err) + " (" +
+                           cudaGetErrorString(err) + ")");
+  }
+}
+
 }  // namespace distro

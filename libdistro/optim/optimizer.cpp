@@ -96,20 +96,25 @@ PeerPayload Optimizer::compress(uint64_t step, float lr) {
     fail(Code::invalid_argument, "learning rate is " + std::to_string(lr) + "; expected a finite value >= 0");
   freeze();
   // Check every gradient first, so a bad one leaves all momentum untouched.
-  std::vector<const float*> grads(slots_.size());
-  for (size_t t = 0; t < slots_.size(); ++t) {
+  const size_t T = slots_.size();
+  std::vector<const float*> grads(T), deltas(T);
+  std::vector<uint64_t> numel(T), bad(T);
+  for (size_t t = 0; t < T; ++t) {
+    grads[t] = grad_on_device(slots_[t], manifest_.tensors[t]);
+    deltas[t] = slots_[t].delta.as<float>();
+    numel[t] = manifest_.tensors[t].numel;
+  }
+  dev_->first_nonfinite_momentum_many(deltas.data(), grads.data(), numel.data(), opt_.decay, lr, T, bad.data());
+  for (size_t t = 0; t < T; ++t) {
+    if (bad[t] == UINT64_MAX) continue;
     const TensorPlan& p = manifest_.tensors[t];
-    grads[t] = grad_on_device(slots_[t], p);
-    uint64_t bad = dev_->first_nonfinite_momentum(slots_[t].delta.as<float>(), grads[t], opt_.decay, lr, p.numel);
-    if (bad != UINT64_MAX) {
-      float g = 0.0f;
-      dev_->download(&g, grads[t] + bad, sizeof g);
-      fail(Code::numeric, "tensor '" + p.name + "' element " + std::to_string(bad) + ": " +
-                              (std::isfinite(g) ? "gradient " + std::to_string(g) + " times learning rate " +
-                                                      std::to_string(lr) + " overflows the momentum"
-                                                : std::string("gradient is ") + (std::isnan(g) ? "NaN" : "infinite")) +
-                              "; expected finite values (the step was not taken)");
-    }
+    float g = 0.0f;
+    dev_->download(&g, grads[t] + bad[t], sizeof g);
+    fail(Code::numeric, "tensor '" + p.name + "' element " + std::to_string(bad[t]) + ": " +
+                            (std::isfinite(g) ? "gradient " + std::to_string(g) + " times learning rate " +
+                                                    std::to_string(lr) + " overflows the momentum"
+                                              : std::string("gradient is ") + (std::isnan(g) ? "NaN" : "infinite")) +
+                            "; expected finite values (the step was not taken)");
   }
 
   PeerPayload out;
@@ -200,12 +205,17 @@ void Optimizer::apply(const MergedUpdate& u) {
 
 uint64_t Optimizer::param_hash() {
   freeze();
-  uint64_t h = 0;
-  for (size_t t = 0; t < slots_.size(); ++t) {
-    const TensorPlan& p = manifest_.tensors[t];
-    const float* data = params_on_device(slots_[t], p, true);
-    h = fold_hash(h, dev_->hash(data, p.numel, tensor_salt(t)));
+  const size_t T = slots_.size();
+  std::vector<const float*> data(T);
+  std::vector<uint64_t> numel(T), salt(T), sums(T);
+  for (size_t t = 0; t < T; ++t) {
+    data[t] = params_on_device(slots_[t], manifest_.tensors[t], true);
+    numel[t] = manifest_.tensors[t].numel;
+    salt[t] = tensor_salt(t);
   }
+  dev_->hash_many(data.data(), numel.data(), salt.data(), T, sums.data());
+  uint64_t h = 0;
+  for (size_t t = 0; t < T; ++t) h = fold_hash(h, sums[t]);
   return h;
 }
 

@@ -57,8 +57,14 @@ double Replica::compute_grad(const int32_t* tokens, const int32_t* targets) {
 
 double Replica::grad_norm() {
   // Summed in double in tensor order; each tensor's sum is the device's deterministic reduction.
+  const auto& ts = model_->tensors();
+  std::vector<const float*> grads(ts.size());
+  std::vector<uint64_t> numel(ts.size());
+  std::vector<double> sums(ts.size());
+  for (size_t t = 0; t < ts.size(); ++t) grads[t] = ts[t].grad, numel[t] = ts[t].numel;
+  dev_->sum_squares_many(grads.data(), numel.data(), ts.size(), sums.data());
   double ss = 0.0;
-  for (const auto& t : model_->tensors()) ss += dev_->sum_squares(t.grad, t.numel);
+  for (double x : sums) ss += x;
   return std::sqrt(ss);
 }
 
@@ -107,9 +113,13 @@ void Replica::adamw_step(float lr, uint64_t step) {
 
 uint64_t Replica::hash() {
   if (opt_) return opt_->param_hash();
-  uint64_t h = 0;
   const auto& ts = model_->tensors();
-  for (size_t t = 0; t < ts.size(); ++t) h = fold_hash(h, dev_->hash(ts[t].param, ts[t].numel, tensor_salt(t)));
+  std::vector<const float*> data(ts.size());
+  std::vector<uint64_t> numel(ts.size()), salt(ts.size()), sums(ts.size());
+  for (size_t t = 0; t < ts.size(); ++t) data[t] = ts[t].param, numel[t] = ts[t].numel, salt[t] = tensor_salt(t);
+  dev_->hash_many(data.data(), numel.data(), salt.data(), ts.size(), sums.data());
+  uint64_t h = 0;
+  for (uint64_t x : sums) h = fold_hash(h, x);
   return h;
 }
 

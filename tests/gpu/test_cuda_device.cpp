@@ -240,4 +240,48 @@ TEST_CASE("cuda: the op timer counts each scope's GPU time under its name", "[cu
   cudaStreamDestroy(stream);
 }
 
+TEST_CASE("cuda: the batched reductions equal the single ops, buffer by buffer", "[cuda][hash]") {
+  auto devices = scan_cuda_devices();
+  REQUIRE(!devices.empty());
+  Device& dev = *devices[0];
+  // Sizes: empty, tiny, unaligned lengths and starts, a large one.
+  const std::vector<uint64_t> sizes = {0, 1, 3, 4097, 777, 1'000'003, 64};
+  uint64_t total = 0;
+  for (uint64_t n : sizes) total += n + 1;
+  std::vector<float> host = random_floats(total, 99), grad = random_floats(total, 100);
+  DeviceMemory a = dev.alloc(total * 4), g = dev.alloc(total * 4);
+  std::vector<const float*> data, grads;
+  std::vector<uint64_t> n, salt;
+  uint64_t at = 0;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    at += i % 2;  // every other buffer starts 4 bytes later: not 16-byte aligned
+    data.push_back(a.as<float>() + at), grads.push_back(g.as<float>() + at);
+    n.push_back(sizes[i]), salt.push_back(tensor_salt(i));
+    at += sizes[i];
+  }
+  // A NaN gradient in buffer 3 (element 100) and an overflow in buffer 5 (element 5).
+  const uint64_t nan_at = uint64_t(grads[3] - g.as<float>()) + 100, big_at = uint64_t(grads[5] - g.as<float>()) + 5;
+  grad[nan_at] = std::numeric_limits<float>::quiet_NaN();
+  grad[big_at] = 3e38f;
+  dev.upload(a.data(), host.data(), total * 4);
+  dev.upload(g.data(), grad.data(), total * 4);
+
+  std::vector<uint64_t> hashes(sizes.size(), 1), first(sizes.size(), 1);
+  std::vector<double> sums(sizes.size(), -1.0);
+  dev.hash_many(data.data(), n.data(), salt.data(), sizes.size(), hashes.data());
+  dev.sum_squares_many(data.data(), n.data(), sizes.size(), sums.data());
+  dev.first_nonfinite_momentum_many(data.data(), grads.data(), n.data(), 0.9f, 10.0f, sizes.size(), first.data());
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    INFO("buffer " << i << " of " << n[i] << " elements");
+    CHECK(hashes[i] == dev.hash(data[i], n[i], salt[i]));
+    CHECK(sums[i] == dev.sum_squares(data[i], n[i]));  // the same grid: the same bits
+    CHECK(first[i] == dev.first_nonfinite_momentum(data[i], grads[i], 0.9f, 10.0f, n[i]));
+  }
+  CHECK(first[3] == 100);
+  CHECK(first[5] == 5);
+  CHECK(first[0] == UINT64_MAX);
+  CHECK(hashes[0] == 0);
+  CHECK(sums[0] == 0.0);
+}
+
 #endif  // DISTRO_HAVE_CUDA
