@@ -15,7 +15,7 @@ double CudaDevice::sum_squares(const float* x, uint64_t n) {
   check_range(x, n * 4, "x", "sum_squares");
   activate();
   // The grid depends only on the device (its SM count), so the sum's rounding is fixed per device.
-  const unsigned blocks = std::min<unsigned>(cuda::kSumSquaresMaxBlocks, sm_count_ * 4);
+  const unsigned blocks = std::min<unsigned>(cuda::kSumSquaresMaxBlocks, sm_count_ * 8);
   std::lock_guard<std::mutex> lock(mutex_);
   if (!reduce_scratch_.data()) reduce_scratch_ = alloc((cuda::kSumSquaresMaxBlocks + 1) * sizeof(double));
   double* partial = reduce_scratch_.as<double>();
@@ -38,7 +38,7 @@ void CudaDevice::sum_squares_many(const float* const* x, const uint64_t* n, size
   for (size_t i = 0; i < count; ++i)
     if (n[i]) check_range(x[i], n[i] * 4, "x", "sum_squares");
   activate();
-  const unsigned blocks = std::min<unsigned>(cuda::kSumSquaresMaxBlocks, sm_count_ * 4);
+  const unsigned blocks = std::min<unsigned>(cuda::kSumSquaresMaxBlocks, sm_count_ * 8);
   std::lock_guard<std::mutex> lock(mutex_);
   if (!reduce_scratch_.data()) reduce_scratch_ = alloc((cuda::kSumSquaresMaxBlocks + 1) * sizeof(double));
   double* partial = reduce_scratch_.as<double>();
