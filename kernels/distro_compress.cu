@@ -493,70 +493,12 @@ struct Quad64 {
 
 constexpr int kFs = 36;  // row stride of the folded quadrants and of the feedback's W and V
 
-// S: row stride of T and of the basis halves. The float32 transform reads them as float4 rows
-// (S = 32); the tensor-core one reads fragments whose four k rows must fall in different banks
-// (S = 40: rows 8 banks apart).
-template <int S>
 struct SmemF {
-  static constexpr int kStride = S;
   float xf[4 * 32 * kFs];  // X^{pq} (quadrant pq = 2p + q, stride kFs); then Y, quadrant-major
-  float t[4 * 32 * S];     // T^{pq} = X^{pq} B_q (stride S); then the feedback's W, V and signs
-  float bp[2 * 32 * S];    // B_p[i][m] = B[i][2m + p], i < 32 (stride S)
+  float t[4 * 32 * 32];    // T^{pq} = X^{pq} B_q (stride 32); then the feedback's W, V and signs
+  float bp[2 * 32 * 32];   // B_p[i][m] = B[i][2m + p], i < 32
   SelectSmem sel;
 };
-
-// ---- tensor cores: 3xTF32 products (sm_80 and newer) ----
-// A float32 x is split into tf32 parts x = big + small (+ a remainder below 2^-22 |x|), and a * b is
-// taken as big_a big_b + big_a small_b + small_a big_b: about float32 accuracy from TF32 tensor
-// cores at a third of their rate, several times the rate of float32 FMAs. The compress need not
-// match the CPU's bits (each peer sends its own payload), only its selection up to near-ties.
-__device__ __forceinline__ void split_tf32(float x, uint32_t& big, uint32_t& small) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(big) : "f"(x));
-  const float rest = __fsub_rn(x, __uint_as_float(big));
-  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(small) : "f"(rest));
-#else
-  big = __float_as_uint(x), small = 0;  // never launched below sm_80 (plan_compress)
-#endif
-}
-
-// d += a b for one m16n8k8 tile (a: 16x8 row-major fragment, b: 8x8 column fragment, PTX ISA
-// "mma.m16n8k8 .tf32": lane l holds a at rows l/4 (+8), columns l%4 (+4); b at row l%4 (+4),
-// column l/4; d at row l/4 (+8), columns 2(l%4) (+1)).
-__device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-  (void)d, (void)a, (void)b0, (void)b1;
-#endif
-}
-
-// One 16 x 32 strip of a 32x32x32 product on the tensor cores: acc[n][.] += A B over k < 32 for
-// the column tiles n = 0..3, A's fragment elements read as a(row, k), B's as b(k, col).
-template <class GetA, class GetB>
-__device__ __forceinline__ void mma_strip_3xtf32(float (&acc)[4][4], GetA a, GetB b, unsigned g, unsigned t) {
-#pragma unroll
-  for (int ks = 0; ks < 4; ++ks) {
-    uint32_t ab[4], as[4];
-    split_tf32(a(g, 8 * ks + t), ab[0], as[0]);
-    split_tf32(a(g + 8, 8 * ks + t), ab[1], as[1]);
-    split_tf32(a(g, 8 * ks + t + 4), ab[2], as[2]);
-    split_tf32(a(g + 8, 8 * ks + t + 4), ab[3], as[3]);
-#pragma unroll
-    for (int n = 0; n < 4; ++n) {
-      uint32_t bb0, bs0, bb1, bs1;
-      split_tf32(b(8 * ks + t, 8 * n + g), bb0, bs0);
-      split_tf32(b(8 * ks + t + 4, 8 * n + g), bb1, bs1);
-      mma_tf32(acc[n], as, bb0, bb1);  // the small terms first
-      mma_tf32(acc[n], ab, bs0, bs1);
-      mma_tf32(acc[n], ab, bb0, bb1);
-    }
-  }
-}
 
 __device__ __forceinline__ float4 f4(float a, float b, float c, float d) { return make_float4(a, b, c, d); }
 
@@ -584,20 +526,14 @@ __device__ __forceinline__ void momentum_mirrors(const CompressLaunch& p, uint64
 // KeepX: keep the momentum in registers from the load to the feedback (80 registers, 3 blocks per
 // SM) instead of recomputing it from its inputs, then in L2, at the end (64 registers, 4 blocks per
 // SM, the default). DISTRO_CUDA_DCT_KEEPX=1 selects the former (A/B timing).
-//
-// Mma: the two transform stages on the tensor cores (3xTF32, mma_strip_3xtf32) instead of float32
-// FMAs; each warp of a quadrant computes 16 rows, and a thread's 16 coefficients for the selection
-// are its accumulator fragments instead of a 4x4 tile.
-template <bool KeepX, bool Mma>
+template <bool KeepX>
 __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(const CompressLaunch p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  using Smem = SmemF<Mma ? 40 : 32>;
-  constexpr int S = Smem::kStride;
-  Smem& sm = *reinterpret_cast<Smem*>(smem_raw);
+  SmemF& sm = *reinterpret_cast<SmemF*>(smem_raw);
   const unsigned tid = threadIdx.x;
   for (unsigned e = tid; e < 2 * 32 * 32; e += kThreads) {
     const unsigned par = e >> 10, i = (e >> 5) & 31, m = e & 31;
-    sm.bp[(par * 32 + i) * S + m] = __ldg(p.b1 + i * 64 + 2 * m + par);
+    sm.bp[e] = __ldg(p.b1 + i * 64 + 2 * m + par);
   }
   __syncthreads();
   const unsigned r = tid >> 3, c = tid & 7;                          // loads, fold, feedback, stores
@@ -640,93 +576,26 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
     }
     __syncthreads();
 
-    // acc: this thread's 16 coefficients of Y (own_slot below says where each sits in Y).
+    // 2a. T^{pq}[i][m2] = sum_{j < 32} X^{pq}[i][j] B_q[j][m2]; rows i = qy + 8a, columns m2 = 4qx + b.
     float acc[4][4];
-    float* Y = sm.xf;
-    const unsigned lane = tid & 31, g = lane >> 2, t4 = lane & 3, wq = (tid >> 5) & 1;
-    if constexpr (Mma) {
 #pragma unroll
-      for (int a = 0; a < 4; ++a)
+    for (int a = 0; a < 4; ++a)
 #pragma unroll
-        for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;
-      // 2a. T^{pq} = X^{pq} B_q: this warp's rows 16 wq .. 16 wq + 15.
-      const float* X = sm.xf + quad * 32 * kFs + 16 * wq * kFs;
-      const float* Bq = sm.bp + qq * 32 * S;
-      mma_strip_3xtf32(
-          acc, [&](unsigned i, unsigned j) { return X[i * kFs + j]; },
-          [&](unsigned j, unsigned m) { return Bq[j * S + m]; }, g, t4);
-      float* T = sm.t + quad * 32 * S + 16 * wq * S;
-#pragma unroll
-      for (int n = 0; n < 4; ++n) {
-        *reinterpret_cast<float2*>(&T[g * S + 8 * n + 2 * t4]) = make_float2(acc[n][0], acc[n][1]);
-        *reinterpret_cast<float2*>(&T[(g + 8) * S + 8 * n + 2 * t4]) = make_float2(acc[n][2], acc[n][3]);
-      }
-      __syncthreads();
-      // 2b. Y^{pq} = B_p^T T^{pq}: this warp's rows m1 = 16 wq .. 16 wq + 15.
-#pragma unroll
-      for (int a = 0; a < 4; ++a)
-#pragma unroll
-        for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;
-      const float* Bp = sm.bp + qp * 32 * S + 16 * wq;
-      const float* Tq = sm.t + quad * 32 * S;
-      mma_strip_3xtf32(
-          acc, [&](unsigned m, unsigned i) { return Bp[i * S + m]; },
-          [&](unsigned i, unsigned m) { return Tq[i * S + m]; }, g, t4);
-#pragma unroll
-      for (int n = 0; n < 4; ++n) {
-        const unsigned at = quad * 1024 + (16 * wq + g) * 32 + 8 * n + 2 * t4;
-        *reinterpret_cast<float2*>(&Y[at]) = make_float2(acc[n][0], acc[n][1]);
-        *reinterpret_cast<float2*>(&Y[at + 8 * 32]) = make_float2(acc[n][2], acc[n][3]);
-      }
-    } else {
-      // 2a. T^{pq}[i][m2] = sum_{j < 32} X^{pq}[i][j] B_q[j][m2]; rows i = qy + 8a, columns m2 = 4qx + b.
-#pragma unroll
-      for (int a = 0; a < 4; ++a)
-#pragma unroll
-        for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;
-      {
-        const float* X = sm.xf + quad * 32 * kFs;
-        const float* Bq = sm.bp + qq * 32 * S;
+      for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;
+    {
+      const float* X = sm.xf + quad * 32 * kFs;
+      const float* Bq = sm.bp + qq * 1024;
 #pragma unroll 2
-        for (int j0 = 0; j0 < 32; j0 += 4) {
-          float4 A[4];
+      for (int j0 = 0; j0 < 32; j0 += 4) {
+        float4 A[4];
 #pragma unroll
-          for (int a = 0; a < 4; ++a) A[a] = *reinterpret_cast<const float4*>(&X[(qy + 8 * a) * kFs + j0]);
+        for (int a = 0; a < 4; ++a) A[a] = *reinterpret_cast<const float4*>(&X[(qy + 8 * a) * kFs + j0]);
 #pragma unroll
-          for (int jj = 0; jj < 4; ++jj) {
-            const float4 B = *reinterpret_cast<const float4*>(&Bq[(j0 + jj) * S + 4 * qx]);
-#pragma unroll
-            for (int a = 0; a < 4; ++a) {
-              const float av = comp(A[a], jj);
-              acc[a][0] = __fmaf_rn(av, B.x, acc[a][0]);
-              acc[a][1] = __fmaf_rn(av, B.y, acc[a][1]);
-              acc[a][2] = __fmaf_rn(av, B.z, acc[a][2]);
-              acc[a][3] = __fmaf_rn(av, B.w, acc[a][3]);
-            }
-          }
-        }
-        float* T = sm.t + quad * 32 * S;
-#pragma unroll
-        for (int a = 0; a < 4; ++a)
-          *reinterpret_cast<float4*>(&T[(qy + 8 * a) * S + 4 * qx]) = f4(acc[a][0], acc[a][1], acc[a][2], acc[a][3]);
-      }
-      __syncthreads();
-
-      // 2b. Y^{pq}[m1][m2] = sum_{i < 32} B_p[i][m1] T^{pq}[i][m2]; rows m1 = 4qy + a.
-#pragma unroll
-      for (int a = 0; a < 4; ++a)
-#pragma unroll
-        for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;
-      {
-        const float* Bp = sm.bp + qp * 32 * S;
-        const float* T = sm.t + quad * 32 * S;
-#pragma unroll 4
-        for (int i = 0; i < 32; ++i) {
-          const float4 A = *reinterpret_cast<const float4*>(&Bp[i * S + 4 * qy]);
-          const float4 B = *reinterpret_cast<const float4*>(&T[i * S + 4 * qx]);
+        for (int jj = 0; jj < 4; ++jj) {
+          const float4 B = *reinterpret_cast<const float4*>(&Bq[(j0 + jj) * 32 + 4 * qx]);
 #pragma unroll
           for (int a = 0; a < 4; ++a) {
-            const float av = comp(A, a);
+            const float av = comp(A[a], jj);
             acc[a][0] = __fmaf_rn(av, B.x, acc[a][0]);
             acc[a][1] = __fmaf_rn(av, B.y, acc[a][1]);
             acc[a][2] = __fmaf_rn(av, B.z, acc[a][2]);
@@ -734,46 +603,59 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
           }
         }
       }
+      float* T = sm.t + quad * 1024;
 #pragma unroll
       for (int a = 0; a < 4; ++a)
-        *reinterpret_cast<float4*>(&Y[quad * 1024 + (4 * qy + a) * 32 + 4 * qx]) =
-            f4(acc[a][0], acc[a][1], acc[a][2], acc[a][3]);
-      // No barrier here: the selection's fast path takes this thread's 16 coefficients from registers
-      // (first pass) and from its own slots of Y (second pass, its own writes), and its first barrier
-      // comes before any thread reads another's Y.
+        *reinterpret_cast<float4*>(&T[(qy + 8 * a) * 32 + 4 * qx]) = f4(acc[a][0], acc[a][1], acc[a][2], acc[a][3]);
     }
+    __syncthreads();
+
+    // 2b. Y^{pq}[m1][m2] = sum_{i < 32} B_p[i][m1] T^{pq}[i][m2]; rows m1 = 4qy + a.
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+#pragma unroll
+      for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;
+    {
+      const float* Bp = sm.bp + qp * 1024;
+      const float* T = sm.t + quad * 1024;
+#pragma unroll 4
+      for (int i = 0; i < 32; ++i) {
+        const float4 A = *reinterpret_cast<const float4*>(&Bp[i * 32 + 4 * qy]);
+        const float4 B = *reinterpret_cast<const float4*>(&T[i * 32 + 4 * qx]);
+#pragma unroll
+        for (int a = 0; a < 4; ++a) {
+          const float av = comp(A, a);
+          acc[a][0] = __fmaf_rn(av, B.x, acc[a][0]);
+          acc[a][1] = __fmaf_rn(av, B.y, acc[a][1]);
+          acc[a][2] = __fmaf_rn(av, B.z, acc[a][2]);
+          acc[a][3] = __fmaf_rn(av, B.w, acc[a][3]);
+        }
+      }
+    }
+    float* Y = sm.xf;
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+      *reinterpret_cast<float4*>(&Y[quad * 1024 + (4 * qy + a) * 32 + 4 * qx]) =
+          f4(acc[a][0], acc[a][1], acc[a][2], acc[a][3]);
+    // No barrier here: the selection's fast path takes this thread's 16 coefficients from registers
+    // (first pass) and from its own slots of Y (second pass, its own writes), and its first barrier
+    // comes before any thread reads another's Y.
+
     // 3-4. Selection and values.
     uint16_t* out_idx = p.index + ch * p.k;
-    // The float32 transform leaves a 4x4 tile per thread (rows 4qy + a, columns 4qx + b); the
-    // tensor cores leave fragments (rows 16wq + g (+8), columns 8a + 2t4 (+1)).
-    const auto own_slot = [&](int a, int b) -> uint32_t {
-      if constexpr (Mma)
-        return quad * 1024 + (16 * wq + g + 8 * (b >> 1)) * 32 + 8 * a + 2 * t4 + (b & 1);
-      else
-        return quad * 1024 + (4 * qy + a) * 32 + 4 * qx + b;
-    };
+    const uint32_t ybase = quad * 1024 + (4 * qy) * 32 + 4 * qx;
     const auto own_regs = [&](auto&& f) {
 #pragma unroll
       for (int a = 0; a < 4; ++a)
 #pragma unroll
-        for (int b = 0; b < 4; ++b) f(mag_key(acc[a][b]), own_slot(a, b));
+        for (int b = 0; b < 4; ++b) f(mag_key(acc[a][b]), ybase + a * 32 + b);
     };
     const auto own_smem = [&](auto&& f) {
-      if constexpr (Mma) {
 #pragma unroll
-        for (int a = 0; a < 4; ++a)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const float2 v = *reinterpret_cast<const float2*>(&Y[own_slot(a, 2 * h)]);
-            f(mag_key(v.x), own_slot(a, 2 * h)), f(mag_key(v.y), own_slot(a, 2 * h + 1));
-          }
-      } else {
-#pragma unroll
-        for (int a = 0; a < 4; ++a) {
-          const float4 v = *reinterpret_cast<const float4*>(&Y[own_slot(a, 0)]);
-          f(mag_key(v.x), own_slot(a, 0)), f(mag_key(v.y), own_slot(a, 1));
-          f(mag_key(v.z), own_slot(a, 2)), f(mag_key(v.w), own_slot(a, 3));
-        }
+      for (int a = 0; a < 4; ++a) {
+        const float4 v = *reinterpret_cast<const float4*>(&Y[ybase + a * 32]);
+        f(mag_key(v.x), ybase + a * 32 + 0), f(mag_key(v.y), ybase + a * 32 + 1);
+        f(mag_key(v.z), ybase + a * 32 + 2), f(mag_key(v.w), ybase + a * 32 + 3);
       }
     };
     const uint32_t cnt = select_chunk_owned(Y, 64 * 64, p.k, sm.sel, out_idx, Quad64{}, own_regs, own_smem);
@@ -960,26 +842,10 @@ cudaError_t plan_compress(const CompressLaunch& L, unsigned sm_count, CompressPl
   const bool fold = !(fold_env && fold_env[0] == '0');
   const char* keep_env = std::getenv("DISTRO_CUDA_DCT_KEEPX");
   const bool keep = keep_env && keep_env[0] == '1';
-  // Tensor cores (3xTF32) from sm_80 on; DISTRO_CUDA_DCT_MMA=0 keeps the float32 transform (A/B).
-  const char* mma_env = std::getenv("DISTRO_CUDA_DCT_MMA");
-  int dev = 0, major = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
-    major = 0;
-  (void)cudaGetLastError();
-  const bool mma = major >= 8 && !(mma_env && mma_env[0] == '0');
-  if (s.n1 == 64 && s.n2 == 64 && aligned && fold && mma && !keep) {
-    out.kernel = 5;
-    out.smem = sizeof(SmemF<40>);
-    auto* kern = compress64f_kernel<false, true>;
-    cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(out.smem));
-    if (err != cudaSuccess) return err;
-    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, kThreads, out.smem);
-    if (err != cudaSuccess) return err;
-  } else if (s.n1 == 64 && s.n2 == 64 && aligned && fold) {
+  if (s.n1 == 64 && s.n2 == 64 && aligned && fold) {
     out.kernel = keep ? 4 : 3;
-    out.smem = sizeof(SmemF<32>);
-    auto* kern = keep ? compress64f_kernel<true, false> : compress64f_kernel<false, false>;
+    out.smem = sizeof(SmemF);
+    auto* kern = keep ? compress64f_kernel<true> : compress64f_kernel<false>;
     cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(out.smem));
     if (err != cudaSuccess) return err;
     err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, kThreads, out.smem);
@@ -1014,12 +880,10 @@ cudaError_t plan_compress(const CompressLaunch& L, unsigned sm_count, CompressPl
 
 cudaError_t launch_compress(const CompressLaunch& L, const CompressPlan& plan, cudaStream_t stream) {
   if (L.shape.chunks == 0) return cudaSuccess;
-  if (plan.kernel == 5)
-    compress64f_kernel<false, true><<<plan.grid, kThreads, plan.smem, stream>>>(L);
-  else if (plan.kernel == 3)
-    compress64f_kernel<false, false><<<plan.grid, kThreads, plan.smem, stream>>>(L);
+  if (plan.kernel == 3)
+    compress64f_kernel<false><<<plan.grid, kThreads, plan.smem, stream>>>(L);
   else if (plan.kernel == 4)
-    compress64f_kernel<true, false><<<plan.grid, kThreads, plan.smem, stream>>>(L);
+    compress64f_kernel<true><<<plan.grid, kThreads, plan.smem, stream>>>(L);
   else if (plan.kernel == 1)
     compress64_kernel<<<plan.grid, kThreads, plan.smem, stream>>>(L);
   else

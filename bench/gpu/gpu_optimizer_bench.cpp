@@ -4,7 +4,7 @@
 // One step = compress of every tensor (momentum, block DCT, top-k, values, error feedback) + apply
 // of the merged update built from that payload (integer inverse DCT, sign, decay and step), all on
 // the GPU, in parameter order, one stream. The gradient check that the Optimizer runs before the
-// compress (first_nonfinite_momentum_many: every tensor queued, one wait) is timed separately.
+// compress (first_nonfinite_momentum, one synchronous pass per tensor) is timed separately.
 // Timing: steady clock around the work with a device synchronisation at both ends, warm-up first,
 // median of the repetitions. Data: fresh pseudo-random values on the device (never zeros).
 //
@@ -80,7 +80,6 @@ struct KResult {
   double compress_plain_s = 0;  // the plain (unfolded) 64x64 DCT kernel, DISTRO_CUDA_DCT_FOLD=0
   double apply_plain_s = 0;     // the plain 64x64 apply kernel, DISTRO_CUDA_APPLY_FOLD=0
   double compress_keepx_s = 0;  // the folded kernel keeping the momentum in registers, DISTRO_CUDA_DCT_KEEPX=1
-  double compress_fp32_s = 0;   // the folded kernel's float32 transform (no tensor cores), DISTRO_CUDA_DCT_MMA=0
   uint64_t coefficients = 0;
 };
 
@@ -181,16 +180,10 @@ KResult run_k(Device& dev, const std::vector<TensorSpec>& specs, uint32_t k, uns
     apply_all();
     dev.synchronize();
     const double t2 = now();
-    // As the Optimizer runs it: every tensor's check queued, one wait.
-    std::vector<const float*> deltas, grads;
-    std::vector<uint64_t> numel, first(m.tensors.size());
     for (size_t t = 0; t < m.tensors.size(); ++t)
-      deltas.push_back(st[t].delta.as<float>()), grads.push_back(st[t].grad.as<float>()),
-          numel.push_back(m.tensors[t].numel);
-    dev.first_nonfinite_momentum_many(deltas.data(), grads.data(), numel.data(), beta, lr, m.tensors.size(),
-                                      first.data());
-    for (uint64_t f : first)
-      if (f != UINT64_MAX) fail(Code::internal, "the benchmark's gradient is not finite");
+      if (dev.first_nonfinite_momentum(st[t].delta.as<float>(), st[t].grad.as<float>(), beta, lr,
+                                       m.tensors[t].numel) != UINT64_MAX)
+        fail(Code::internal, "the benchmark's gradient is not finite");
     const double t3 = now();
     if (r >= warmup) {
       tc.push_back(t1 - t0);
@@ -217,7 +210,6 @@ KResult run_k(Device& dev, const std::vector<TensorSpec>& specs, uint32_t k, uns
   };
   r.compress_plain_s = variant("DISTRO_CUDA_DCT_FOLD", "0", compress_all);
   r.compress_keepx_s = variant("DISTRO_CUDA_DCT_KEEPX", "1", compress_all);
-  r.compress_fp32_s = variant("DISTRO_CUDA_DCT_MMA", "0", compress_all);
   r.apply_plain_s = variant("DISTRO_CUDA_APPLY_FOLD", "0", apply_all);
   return r;
 }
@@ -277,13 +269,13 @@ int main(int argc, char** argv) {
     j["copy_bytes_per_s"] = bw;
     j["floor_s"] = floor_s;
     j["reps"] = reps;
-    std::printf("%6s %12s %12s %12s %12s %10s %14s %14s %14s %14s\n", "top-k", "compress ms", "apply ms", "step ms",
-                "check ms", "step/floor", "plain cmp ms", "plain app ms", "keepx cmp ms", "fp32 cmp ms");
+    std::printf("%6s %12s %12s %12s %12s %10s %14s %14s %14s\n", "top-k", "compress ms", "apply ms", "step ms",
+                "check ms", "step/floor", "plain cmp ms", "plain app ms", "keepx cmp ms");
     for (uint32_t k : ks) {
       const KResult r = run_k(dev, specs, k, warmup, reps);
-      std::printf("%6u %12.2f %12.2f %12.2f %12.2f %10.2f %14.2f %14.2f %14.2f %14.2f\n", k, r.compress_s * 1e3,
+      std::printf("%6u %12.2f %12.2f %12.2f %12.2f %10.2f %14.2f %14.2f %14.2f\n", k, r.compress_s * 1e3,
                   r.apply_s * 1e3, r.step_s * 1e3, r.check_s * 1e3, r.step_s / floor_s, r.compress_plain_s * 1e3,
-                  r.apply_plain_s * 1e3, r.compress_keepx_s * 1e3, r.compress_fp32_s * 1e3);
+                  r.apply_plain_s * 1e3, r.compress_keepx_s * 1e3);
       j["ours"].push_back({{"k", k},
                            {"compress_s", r.compress_s},
                            {"apply_s", r.apply_s},
@@ -292,7 +284,6 @@ int main(int argc, char** argv) {
                            {"compress_plain_s", r.compress_plain_s},
                            {"apply_plain_s", r.apply_plain_s},
                            {"compress_keepx_s", r.compress_keepx_s},
-                           {"compress_fp32_s", r.compress_fp32_s},
                            {"coefficients", r.coefficients}});
     }
     if (!json_path.empty()) std::ofstream(json_path) << j.dump(2) << "\n";
