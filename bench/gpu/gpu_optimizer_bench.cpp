@@ -4,7 +4,7 @@
 // One step = compress of every tensor (momentum, block DCT, top-k, values, error feedback) + apply
 // of the merged update built from that payload (integer inverse DCT, sign, decay and step), all on
 // the GPU, in parameter order, one stream. The gradient check that the Optimizer runs before the
-// compress (first_nonfinite_momentum, one synchronous pass per tensor) is timed separately.
+// compress (first_nonfinite_momentum_many: every tensor queued, one wait) is timed separately.
 // Timing: steady clock around the work with a device synchronisation at both ends, warm-up first,
 // median of the repetitions. Data: fresh pseudo-random values on the device (never zeros).
 //
@@ -180,10 +180,16 @@ KResult run_k(Device& dev, const std::vector<TensorSpec>& specs, uint32_t k, uns
     apply_all();
     dev.synchronize();
     const double t2 = now();
+    // As the Optimizer runs it: every tensor's check queued, one wait.
+    std::vector<const float*> deltas, grads;
+    std::vector<uint64_t> numel, first(m.tensors.size());
     for (size_t t = 0; t < m.tensors.size(); ++t)
-      if (dev.first_nonfinite_momentum(st[t].delta.as<float>(), st[t].grad.as<float>(), beta, lr,
-                                       m.tensors[t].numel) != UINT64_MAX)
-        fail(Code::internal, "the benchmark's gradient is not finite");
+      deltas.push_back(st[t].delta.as<float>()), grads.push_back(st[t].grad.as<float>()),
+          numel.push_back(m.tensors[t].numel);
+    dev.first_nonfinite_momentum_many(deltas.data(), grads.data(), numel.data(), beta, lr, m.tensors.size(),
+                                      first.data());
+    for (uint64_t f : first)
+      if (f != UINT64_MAX) fail(Code::internal, "the benchmark's gradient is not finite");
     const double t3 = now();
     if (r >= warmup) {
       tc.push_back(t1 - t0);
