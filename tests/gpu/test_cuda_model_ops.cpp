@@ -343,14 +343,22 @@ TEST_CASE("cuda model: attention forward and backward", "[cuda][model][attention
   INFO("seed " << seed);
   Rng rng(seed);
   // nano (head 32), small (64), the 1b head 256, sizes that are not multiples of 16, one position,
-  // a long sequence.
-  for (const HeadShape& s : {HeadShape{2, 64, 4, 32}, HeadShape{2, 128, 3, 64}, HeadShape{1, 160, 2, 256},
-                             HeadShape{2, 37, 3, 20}, HeadShape{3, 1, 2, 8}, HeadShape{1, 1024, 1, 64}})
-    check_attention(*gpu, cpu, rng, s);
+  // a long sequence. Head sizes 32, 64 and 256 run the fused kernels (flash_attention.cu) by
+  // default; DISTRO_CUDA_ATTENTION=gemm runs the cuBLASLt path for them too.
+  for (const char* path : {"fused", "gemm"}) {
+    INFO("attention path " << path);
+    if (std::string(path) == "gemm") setenv("DISTRO_CUDA_ATTENTION", "gemm", 1);
+    for (const HeadShape& s : {HeadShape{2, 64, 4, 32}, HeadShape{2, 128, 3, 64}, HeadShape{1, 160, 2, 256},
+                               HeadShape{2, 37, 3, 20}, HeadShape{3, 1, 2, 8}, HeadShape{1, 1024, 1, 64},
+                               HeadShape{2, 37, 3, 64}})
+      check_attention(*gpu, cpu, rng, s);
+    unsetenv("DISTRO_CUDA_ATTENTION");
+  }
 }
 
 TEST_CASE("cuda model: attention in several slices of the batch", "[cuda][model][attention]") {
   setenv("DISTRO_CUDA_ATTENTION_SCRATCH", "1", 1);  // one batch entry per slice
+  setenv("DISTRO_CUDA_ATTENTION", "gemm", 1);         // the sliced path (head 32 would run fused)
   auto gpu = open_gpu();
   CpuDevice cpu(4);
   const uint64_t seed = fresh_seed();
@@ -358,6 +366,7 @@ TEST_CASE("cuda model: attention in several slices of the batch", "[cuda][model]
   Rng rng(seed);
   check_attention(*gpu, cpu, rng, HeadShape{3, 48, 2, 32});
   unsetenv("DISTRO_CUDA_ATTENTION_SCRATCH");
+  unsetenv("DISTRO_CUDA_ATTENTION");
 }
 
 TEST_CASE("cuda model: swiglu, elementwise ops", "[cuda][model][elementwise]") {
@@ -623,6 +632,20 @@ TEST_CASE("cuda model: timings of matmul, attention and model steps", "[.][perf]
                 "dx=dyW %.3f ms (%.0f), dW+=dy^T x %.3f ms (%.0f)\n",
                 (long long)T, (long long)f, (long long)d, fwd, flops / fwd / 1e9, bx, flops / bx / 1e9, bw,
                 flops / bw / 1e9);
+  }
+  for (const int64_t d : {int64_t(768), int64_t(2048)}) {
+    // The attention projections of small and 1b at 16384 tokens: y = x W^T and dx = dy W, W [d, d].
+    const int64_t T = 16384;
+    Guarded x(*gpu, size_t(T * d) * 4, rng.normal(size_t(T * d)).data()),
+        w(*gpu, size_t(d * d) * 4, rng.normal(size_t(d * d)).data()), y(*gpu, size_t(T * d + 16) * 4);
+    const double flops = 2.0 * double(T) * double(d) * double(d);
+    const double fwd = median_ms(*gpu, 10, [&] { gpu->matmul(y.f(), x.f(), w.f(), T, d, d, false, true, 1, 0); });
+    const double bx = median_ms(*gpu, 10, [&] { gpu->matmul(x.f(), y.f(), w.f(), T, d, d, false, false, 1, 0); });
+    // The output 64 bytes past a 256-byte boundary (cuBLASLt chooses kernels by alignment).
+    const double f64 = median_ms(*gpu, 10, [&] { gpu->matmul(y.f() + 16, x.f(), w.f(), T, d, d, false, true, 1, 0); });
+    std::printf("matmul %lldx%lldx%lld: y=xW^T %.3f ms (%.0f TFLOP/s; %.3f ms into a 64-byte aligned y), dx=dyW %.3f "
+                "ms (%.0f)\n",
+                (long long)T, (long long)d, (long long)d, fwd, flops / fwd / 1e9, f64, bx, flops / bx / 1e9);
   }
   for (int64_t B : {int64_t(1), int64_t(2)}) {
     const HeadShape s{B, 2048, 8, 256};
