@@ -22,12 +22,17 @@ class Merger {
   void add(PeerPayload payload);
   size_t count() const { return payloads_.size(); }
 
-  // Merges everything added so far. decay_factor = 1 - lr * weight_decay in float32.
-  MergedUpdate finish(float lr, float weight_decay, uint64_t prev_hash);
+  // Merges everything added so far. decay_factor = 1 - lr * weight_decay in float32. Large merges
+  // run on `threads` threads over ranges of chunks (0 = wire::default_threads()); the result does
+  // not depend on the thread count.
+  MergedUpdate finish(float lr, float weight_decay, uint64_t prev_hash, unsigned threads = 0);
   bool finished() const { return finished_; }
   const Manifest& manifest() const { return manifest_; }
 
  private:
+  size_t merge_range(uint64_t c0, uint64_t c1, const uint64_t* cursor, uint16_t* index, int32_t* value,
+                     uint32_t* ends) const;
+
   Manifest manifest_;
   uint64_t run_id_, step_;
   std::vector<PeerPayload> payloads_;

@@ -151,14 +151,25 @@ PeerPayload Optimizer::compress(uint64_t step, float lr) {
     dev_->download(idx.data(), staging_.index.data(), manifest_.total_slots * 2);
     dev_->download(val.data(), staging_.value.data(), manifest_.total_slots);
   }
-  // Compact the fixed k slots per chunk into the payload's variable-length lists.
+  // Compact the fixed k slots per chunk into the payload's variable-length lists, in place: one pass
+  // moving each chunk's entries left (the write position never passes the read position), then the
+  // arrays are cut to length and handed over, without a second allocation or copy. When every chunk
+  // is full (the usual case) nothing moves at all.
+  uint64_t n_out = 0;
   for (const TensorPlan& p : manifest_.tensors)
     for (uint64_t c = 0; c < p.chunks; ++c) {
-      uint64_t base = p.slot_base + c * p.k;
-      uint16_t n = out.count[p.chunk_base + c];
-      out.index.insert(out.index.end(), idx.begin() + base, idx.begin() + base + n);
-      out.value.insert(out.value.end(), val.begin() + base, val.begin() + base + n);
+      const uint64_t base = p.slot_base + c * p.k;
+      const uint16_t n = out.count[p.chunk_base + c];
+      if (n_out != base) {  // std::copy allows overlap when the destination starts first
+        std::copy(idx.data() + base, idx.data() + base + n, idx.data() + n_out);
+        std::copy(val.data() + base, val.data() + base + n, val.data() + n_out);
+      }
+      n_out += n;
     }
+  idx.resize(n_out);
+  val.resize(n_out);
+  out.index = std::move(idx);
+  out.value = std::move(val);
   return out;
 }
 

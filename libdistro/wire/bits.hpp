@@ -3,6 +3,7 @@
 // significant bit first. That order lets both sides move whole 32/64-bit words with one shift.
 #pragma once
 
+#include <algorithm>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
@@ -12,9 +13,18 @@
 namespace distro::wire {
 
 // Appends bits to a byte vector that may already hold other bytes (the message header).
+//
+// Speed: the writer keeps the vector larger than the bytes written (spare room, zero-filled), stores
+// whole 32-bit words into it, and trims it to the bytes written in finish() (or when destroyed
+// unfinished). So the vector's size is only meaningful after finish(); bits_written() is.
 class BitWriter {
  public:
-  explicit BitWriter(std::vector<uint8_t>& out) : out_(out) {}
+  explicit BitWriter(std::vector<uint8_t>& out) : out_(out), len_(out.size()) {}
+  ~BitWriter() {
+    if (!finished_) out_.resize(len_);  // an unfinished writer leaves the flushed bytes, as before
+  }
+  BitWriter(const BitWriter&) = delete;
+  BitWriter& operator=(const BitWriter&) = delete;
 
   // Writes the low `bits` bits of v (bits <= 32; v must fit in them).
   void put(uint64_t v, unsigned bits) {
@@ -22,7 +32,9 @@ class BitWriter {
     fill_ += bits;
     if (fill_ >= 32) {
       // A 4-byte flush keeps fill_ < 32 between calls, so the next put (<= 32 bits) never overflows.
-      for (int i = 0; i < 4; ++i) out_.push_back(uint8_t(acc_ >> (8 * i)));
+      if (out_.size() - len_ < 4) grow(4);
+      store_le(out_.data() + len_, acc_, 4);
+      len_ += 4;
       acc_ >>= 32;
       fill_ -= 32;
     }
@@ -36,25 +48,93 @@ class BitWriter {
       put(v, bits);
     }
   }
+  // Appends the first `bits` bits of another LSB-first stream (src holds at least ceil(bits / 8)
+  // bytes; bits past `bits` in its last byte are ignored). Used to concatenate bit streams encoded
+  // separately (in parallel) into one: 64 bits per step, shifted into place.
+  void append(const uint8_t* src, uint64_t bits) {
+    // Bring the pending bits below 8, so a whole 64-bit word fits beside them.
+    while (fill_ >= 8) {
+      if (out_.size() == len_) grow(1);
+      out_[len_++] = uint8_t(acc_);
+      acc_ >>= 8;
+      fill_ -= 8;
+    }
+    const uint64_t words = bits / 64;
+    if (words > 0) {
+      if (out_.size() - len_ < words * 8) grow(size_t(words * 8));
+      uint8_t* dst = out_.data() + len_;
+      const unsigned s = fill_;  // 0..7 pending bits, in acc_
+      uint64_t carry = acc_;
+      for (uint64_t i = 0; i < words; ++i) {
+        uint64_t w = load_le64(src + 8 * i);
+        store_le(dst + 8 * i, carry | (w << s), 8);
+        carry = s == 0 ? 0 : w >> (64 - s);
+      }
+      len_ += size_t(words * 8);
+      acc_ = carry;
+      src += words * 8;
+      bits -= words * 64;
+    }
+    // The last < 64 bits, at most 32 at a time.
+    while (bits > 0) {
+      unsigned n = bits > 32 ? 32 : unsigned(bits);
+      uint64_t v = 0;
+      for (unsigned i = 0; i < (n + 7) / 8; ++i) v |= uint64_t(src[i]) << (8 * i);
+      put(v & ((uint64_t(1) << n) - 1), n);
+      src += 4;
+      bits -= n;
+    }
+  }
   // Flushes the partial byte, padding it with zero bits. The writer must not be used afterwards.
   void finish() {
     while (fill_ > 0) {
-      out_.push_back(uint8_t(acc_));
+      if (out_.size() == len_) grow(1);
+      out_[len_++] = uint8_t(acc_);
       acc_ >>= 8;
       fill_ = fill_ > 8 ? fill_ - 8 : 0;
     }
+    out_.resize(len_);
+    finished_ = true;
   }
   // Bits written so far, counting those not yet flushed (for measurements and tests).
-  uint64_t bits_written(size_t start_byte) const { return (out_.size() - start_byte) * 8 + fill_; }
+  uint64_t bits_written(size_t start_byte) const { return (len_ - start_byte) * 8 + fill_; }
 
  private:
+  static void store_le(uint8_t* p, uint64_t v, int bytes) {
+    if constexpr (std::endian::native == std::endian::little) {
+      std::memcpy(p, &v, size_t(bytes));
+    } else {
+      for (int i = 0; i < bytes; ++i) p[i] = uint8_t(v >> (8 * i));
+    }
+  }
+  static uint64_t load_le64(const uint8_t* p) {
+    uint64_t w = 0;
+    if constexpr (std::endian::native == std::endian::little) {
+      std::memcpy(&w, p, 8);
+    } else {
+      for (int i = 0; i < 8; ++i) w |= uint64_t(p[i]) << (8 * i);
+    }
+    return w;
+  }
+  // Makes room for at least `need` more bytes: 1.5 times the size, so the zero fill is amortised but
+  // touches (page-faults) little memory the message will not use; within the capacity the caller
+  // reserved, no reallocation.
+  void grow(size_t need) {
+    out_.resize(std::max(len_ + need + 64, out_.size() + out_.size() / 2 + 4096));
+  }
+
   std::vector<uint8_t>& out_;
+  size_t len_;  // bytes written; out_[len_..] is spare room
   uint64_t acc_ = 0;
   unsigned fill_ = 0;
+  bool finished_ = false;
 };
 
 // Reads an LSB-first bit stream. Every read is bounds-checked; running past the end throws
 // Error(corrupt, "truncated ...") so no caller can act on bits that are not there.
+//
+// Speed: the next bits are held in a 64-bit register (buf_), refilled from memory only when fewer
+// than a read needs remain in it, so most reads are a mask and a shift rather than a memory load.
 class BitReader {
  public:
   BitReader(const uint8_t* data, size_t bytes) : data_(data), bytes_(bytes), total_(uint64_t(bytes) * 8) {}
@@ -65,9 +145,10 @@ class BitReader {
 
   // Reads a field of `bits` bits (bits <= 32).
   uint32_t get(unsigned bits) {
-    if (bits > remaining()) throw_truncated(bits);
-    uint32_t v = uint32_t(peek_word() & ((uint64_t(1) << bits) - 1));
-    pos_ += bits;
+    if (bits > remaining()) throw_truncated(bits, pos_, bytes_);
+    if (avail_ < bits) refill();
+    uint32_t v = uint32_t(buf_ & ((uint64_t(1) << bits) - 1));
+    consume(bits);
     return v;
   }
   // Reads a field of up to 64 bits.
@@ -77,32 +158,58 @@ class BitReader {
     return lo | (uint64_t(get(bits - 32)) << 32);
   }
   // The next 57+ bits without consuming them; bits past the end read as zero.
-  uint64_t peek_word() const {
+  uint64_t peek_word() {
+    if (avail_ < 57) refill();
+    return buf_;
+  }
+  void skip(uint64_t bits) {
+    if (bits > remaining()) throw_truncated(bits, pos_, bytes_);
+    if (bits < avail_) {
+      consume(unsigned(bits));
+    } else {
+      pos_ += bits;
+      buf_ = 0;
+      avail_ = 0;
+    }
+  }
+  // Consumes `bits` (<= 57) bits that a peek_word() just returned, unchecked: the caller has checked
+  // that bits <= remaining().
+  void consume_peeked(unsigned bits) { consume(bits); }
+
+ private:
+  // Static, taking values: the reader's address never escapes, so a local copy of it can live in
+  // registers through a decoding loop.
+  [[noreturn]] static void throw_truncated(uint64_t wanted, uint64_t pos, size_t bytes);
+  // Drops `bits` (< 64, <= avail_) bits from the register.
+  void consume(unsigned bits) {
+    buf_ >>= bits;
+    avail_ -= bits;
+    pos_ += bits;
+  }
+  // Loads the 57 to 64 bits from pos_ on into the register.
+  void refill() {
     size_t byte = size_t(pos_ >> 3);
     uint64_t w = 0;
     if (byte + 8 <= bytes_) {
       if constexpr (std::endian::native == std::endian::little) {
-        std::memcpy(&w, data_ + byte, 8);  // one unaligned load on the hot path
+        std::memcpy(&w, data_ + byte, 8);  // one unaligned load
       } else {
         for (int i = 0; i < 8; ++i) w |= uint64_t(data_[byte + i]) << (8 * i);
       }
     } else {
       for (size_t i = 0; byte + i < bytes_; ++i) w |= uint64_t(data_[byte + i]) << (8 * i);
     }
-    return w >> (pos_ & 7);
+    const unsigned off = unsigned(pos_ & 7);
+    buf_ = w >> off;
+    avail_ = 64 - off;
   }
-  void skip(uint64_t bits) {
-    if (bits > remaining()) throw_truncated(bits);
-    pos_ += bits;
-  }
-
- private:
-  [[noreturn]] void throw_truncated(uint64_t wanted) const;
 
   const uint8_t* data_;
   size_t bytes_;
   uint64_t total_;
   uint64_t pos_ = 0;
+  uint64_t buf_ = 0;    // stream bits pos_ .. pos_ + avail_ - 1, LSB first; zeros above them
+  unsigned avail_ = 0;  // (past the end of the stream, the register holds zeros, counted as bits)
 };
 
 }  // namespace distro::wire

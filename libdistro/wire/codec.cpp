@@ -4,11 +4,17 @@
 #include <openssl/sha.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <thread>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "core/error.hpp"
 #include "wire/bits.hpp"
@@ -92,12 +98,8 @@ unsigned max_width(ValueMode v) { return signed_width(max_merged_value(v)); }
 // Merged values cluster at +-vmax (every peer that sent a coefficient agreed on its sign), so a
 // tensor may code each value as a sign bit and the exp-Golomb code of vmax - |A| instead of a fixed
 // width. The width field's escape value kAgreementCode selects it, when it is strictly smaller.
+// The encoder and decoder both sum agreement_bits() over a tensor's values and compare.
 constexpr unsigned kAgreementCode = 31;
-bool agreement_cheaper(const int32_t* v, uint64_t n, unsigned width, int32_t vmax) {
-  uint64_t agree = 0;
-  for (uint64_t i = 0; i < n; ++i) agree += 1 + wire::exp_golomb_bits(uint64_t(vmax - (v[i] < 0 ? -v[i] : v[i])));
-  return agree < n * width;
-}
 
 // ---- header ----------------------------------------------------------------------------------------
 
@@ -195,7 +197,7 @@ std::string update_scalars_problem(float lr, float decay) {
 std::vector<uint8_t> start_message(MessageKind kind, ValueMode values, uint64_t run_id, uint64_t step,
                                    uint64_t manifest_hash, uint32_t peer, size_t body_estimate) {
   std::vector<uint8_t> out;
-  out.reserve(header_bytes(kind) + body_estimate + kChecksumBytes);
+  wire::reserve_large(out, header_bytes(kind) + body_estimate + kChecksumBytes);
   for (uint8_t b : kMagic) out.push_back(b);  // (vector::insert trips a GCC 12 false -Wstringop-overflow)
   put_le(out, kWireVersion, 2);
   put_le(out, uint8_t(kind), 1);
@@ -267,11 +269,154 @@ void check_payload_manifest(const Manifest& m) {
                                   "; peer payloads carry at most 65535 coefficients per chunk");
 }
 
+// ---- parallel encoding ------------------------------------------------------------------------------
+//
+// A body is its tensors' bit streams one after another, and a tensor's stream is its preamble (the
+// exception list / the value width) followed by its chunks'. So an encoder may cut the body into
+// pieces of whole chunks, encode every piece into a bit stream of its own, on any thread, and append
+// the streams in order (BitWriter::append): the bytes are exactly those of one sequential pass.
+// Pieces depend on the manifest and the thread count only.
+
+struct Piece {
+  size_t tensor = 0;
+  uint64_t c0 = 0, c1 = 0;  // the tensor's chunks [c0, c1); the piece with c0 == 0 writes the preamble
+  uint64_t pos = 0;         // payload: the piece's first coefficient in index/value
+  size_t estimate = 0;      // bytes to reserve for its stream
+};
+
+// With one thread, one piece per tensor (the sequential encoder). Otherwise pieces of about
+// total_chunks / (4 * threads) chunks, at least kMinPieceChunks, so that the large tensors (the
+// embedding and the head hold 5% of the 1b model's chunks each) do not leave threads idle.
+constexpr uint64_t kMinPieceChunks = 1024;
+
+std::vector<Piece> plan_pieces(const Manifest& m, unsigned threads) {
+  const uint64_t target =
+      threads <= 1 ? 0 : std::max<uint64_t>(kMinPieceChunks, m.total_chunks / (4 * uint64_t(threads)));
+  std::vector<Piece> pieces;
+  pieces.reserve(m.tensors.size() + (target ? m.total_chunks / target : 0));
+  for (size_t t = 0; t < m.tensors.size(); ++t) {
+    const uint64_t chunks = m.tensors[t].chunks;
+    const uint64_t n = target == 0 ? 1 : std::max<uint64_t>(1, (chunks + target - 1) / target);
+    const uint64_t size = n == 1 ? chunks : (chunks + n - 1) / n;
+    for (uint64_t c0 = 0; c0 == 0 || c0 < chunks; c0 += size) {  // a tensor of 0 chunks still has a preamble
+      Piece pc;
+      pc.tensor = t;
+      pc.c0 = c0;
+      pc.c1 = std::min(chunks, c0 + size);
+      pieces.push_back(pc);
+      if (size == 0) break;
+    }
+  }
+  return pieces;
+}
+
+// Threads an encoder uses: one for small messages, where starting threads costs what it saves.
+unsigned encode_threads(uint64_t coefficients, unsigned requested) {
+  return coefficients > wire::kParallelMinCoefficients ? wire::default_threads(requested) : 1;
+}
+
+// Writes the pieces' streams, in order, after the header already in `out`. encode(w, piece) writes
+// one piece; it may throw, and then the first failing piece's error is the one that surfaces.
+template <class Encode>
+void encode_pieces(std::vector<uint8_t>& out, const std::vector<Piece>& pieces, unsigned threads, const Encode& encode) {
+  if (threads <= 1 || pieces.size() <= 1) {
+    BitWriter w(out);
+    for (const Piece& pc : pieces) encode(w, pc);
+    w.finish();
+    return;
+  }
+  struct Stream {
+    std::vector<uint8_t> bytes;
+    uint64_t bits = 0;
+  };
+  std::vector<Stream> streams(pieces.size());
+  wire::run_tasks(threads, pieces.size(), [&](size_t i) {
+    Stream& s = streams[i];
+    wire::reserve_large(s.bytes, pieces[i].estimate);
+    BitWriter w(s.bytes);
+    encode(w, pieces[i]);
+    s.bits = w.bits_written(0);
+    w.finish();
+  });
+  uint64_t bits = 0;
+  for (const Stream& s : streams) bits += s.bits;
+  wire::reserve_large(out, out.size() + size_t((bits + 7) / 8) + kChecksumBytes);
+  BitWriter w(out);
+  for (const Stream& s : streams) w.append(s.bytes.data(), s.bits);
+  w.finish();
+}
+
 }  // namespace
+
+// ---- threads ----------------------------------------------------------------------------------------
+
+namespace wire {
+
+unsigned default_threads(unsigned requested) {
+  if (requested > 0) return requested;
+  return std::clamp(std::thread::hardware_concurrency(), 1u, kMaxDefaultThreads);
+}
+
+void advise_huge_pages(void* p, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  if (p == nullptr || bytes < 2 * kHuge) return;
+  // The whole huge pages inside the block: madvise wants an aligned start, and the partial pages at
+  // either end may be shared with other allocations.
+  const uintptr_t begin = (uintptr_t(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (uintptr_t(p) + bytes) & ~(kHuge - 1);
+  if (end > begin) (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
+void run_tasks(unsigned threads, size_t n, const std::function<void(size_t)>& task) {
+  if (n == 0) return;
+  threads = unsigned(std::min<size_t>(std::max(threads, 1u), n));
+  if (threads == 1) {
+    for (size_t i = 0; i < n; ++i) task(i);
+    return;
+  }
+  std::atomic<size_t> next{0};
+  std::atomic<size_t> failed{SIZE_MAX};          // the lowest failing task so far
+  std::vector<std::exception_ptr> errors(n);  // each written by the one thread that ran the task
+  auto work = [&]() noexcept {
+    for (;;) {
+      const size_t i = next.fetch_add(1);
+      if (i >= n) return;
+      if (i > failed.load()) continue;  // an earlier task failed; its error is the one to report
+      try {
+        task(i);
+      } catch (...) {
+        errors[i] = std::current_exception();
+        size_t seen = failed.load();
+        while (i < seen && !failed.compare_exchange_weak(seen, i)) {
+        }
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  pool.reserve(threads - 1);
+  for (unsigned t = 1; t < threads; ++t) {
+    try {
+      pool.emplace_back(work);
+    } catch (...) {
+      break;  // no more threads to be had: those running (the caller at least) take all the tasks
+    }
+  }
+  work();
+  for (std::thread& t : pool) t.join();
+  const size_t f = failed.load();
+  if (f != SIZE_MAX) std::rethrow_exception(errors[f]);
+}
+
+}  // namespace wire
 
 // ---- peer payload ---------------------------------------------------------------------------------
 
-std::vector<uint8_t> encode_payload(const Manifest& m, const PeerPayload& p) {
+std::vector<uint8_t> encode_payload(const Manifest& m, const PeerPayload& p, unsigned threads) {
   auto bad = [](const std::string& msg) { fail(Code::invalid_argument, "encode_payload: " + msg); };
   check_payload_manifest(m);
   if (p.values != ValueMode::sign && p.values != ValueMode::int8)
@@ -283,42 +428,51 @@ std::vector<uint8_t> encode_payload(const Manifest& m, const PeerPayload& p) {
   if (p.count.size() != m.total_chunks)
     bad("count has " + std::to_string(p.count.size()) + " entries; the manifest has " +
         std::to_string(m.total_chunks) + " chunks");
-  // Counts first, so the index/value walks below stay inside the arrays.
+  const unsigned value_bits = p.values == ValueMode::sign ? 1 : 8;
+  const unsigned nthreads = encode_threads(p.index.size(), threads);
+  std::vector<Piece> pieces = plan_pieces(m, nthreads);
+  // Counts first, so the index/value walks below stay inside the arrays. This pass also finds each
+  // piece's first coefficient.
   uint64_t total = 0;
-  for (const TensorPlan& t : m.tensors)
-    for (uint64_t c = 0; c < t.chunks; ++c) {
-      uint16_t cnt = p.count[t.chunk_base + c];
-      if (cnt > t.k)
-        bad("tensor '" + t.name + "' chunk " + std::to_string(c) + " has count " + std::to_string(cnt) +
+  for (Piece& pc : pieces) {
+    const TensorPlan& t = m.tensors[pc.tensor];
+    const uint16_t* count = p.count.data() + t.chunk_base;
+    pc.pos = total;
+    for (uint64_t c = pc.c0; c < pc.c1; ++c) {
+      if (count[c] > t.k)
+        bad("tensor '" + t.name + "' chunk " + std::to_string(c) + " has count " + std::to_string(count[c]) +
             " > k = " + std::to_string(t.k));
-      total += cnt;
+      total += count[c];
     }
+    pc.estimate = size_t((total - pc.pos) * (value_bits + 13) / 8 + 16);
+  }
   if (p.index.size() != total || p.value.size() != total)
     bad("the counts add up to " + std::to_string(total) + " coefficients but index has " +
         std::to_string(p.index.size()) + " and value has " + std::to_string(p.value.size()));
 
-  unsigned value_bits = p.values == ValueMode::sign ? 1 : 8;
-  size_t estimate = size_t(total * (value_bits + 13) / 8 + m.tensors.size() + 16);
+  size_t estimate = nthreads > 1 ? 0 : size_t(total * (value_bits + 13) / 8 + m.tensors.size() + 16);
   std::vector<uint8_t> out = start_message(MessageKind::payload, p.values, p.run_id, p.step, m.hash, p.peer_id, estimate);
-  BitWriter w(out);
-  uint64_t pos = 0;  // next coefficient of index/value
-  for (const TensorPlan& t : m.tensors) {
+  encode_pieces(out, pieces, nthreads, [&](BitWriter& w, const Piece& pc) {
+    const TensorPlan& t = m.tensors[pc.tensor];
     const uint16_t* count = p.count.data() + t.chunk_base;
-    // Exception list: the chunks that send fewer than k, as gaps between chunk numbers.
-    uint64_t exceptions = 0;
-    for (uint64_t c = 0; c < t.chunks; ++c) exceptions += count[c] < t.k;
-    wire::put_exp_golomb(w, exceptions);
-    uint64_t next = 0;
-    for (uint64_t c = 0; c < t.chunks && exceptions > 0; ++c) {
-      if (count[c] >= t.k) continue;
-      wire::put_exp_golomb(w, c - next);
-      wire::put_truncated(w, count[c], t.k);
-      next = c + 1;
-      --exceptions;
+    if (pc.c0 == 0) {
+      // Exception list: the chunks that send fewer than k, as gaps between chunk numbers.
+      uint64_t exceptions = 0;
+      for (uint64_t c = 0; c < t.chunks; ++c) exceptions += count[c] < t.k;
+      wire::put_exp_golomb(w, exceptions);
+      uint64_t next = 0;
+      for (uint64_t c = 0; c < t.chunks && exceptions > 0; ++c) {
+        if (count[c] >= t.k) continue;
+        wire::put_exp_golomb(w, c - next);
+        wire::put_truncated(w, count[c], t.k);
+        next = c + 1;
+        --exceptions;
+      }
     }
     const uint32_t elems = t.elems();
-    for (uint64_t c = 0; c < t.chunks; ++c) {
-      uint32_t cnt = count[c];
+    uint64_t pos = pc.pos;  // next coefficient of index/value
+    for (uint64_t c = pc.c0; c < pc.c1; ++c) {
+      const uint32_t cnt = count[c];
       const uint16_t* idx = p.index.data() + pos;
       const int8_t* val = p.value.data() + pos;
       for (uint32_t i = 0; i < cnt; ++i) {
@@ -351,8 +505,7 @@ std::vector<uint8_t> encode_payload(const Manifest& m, const PeerPayload& p) {
       }
       pos += cnt;
     }
-  }
-  w.finish();
+  });
   finish_message(out, kPayloadHeaderBytes);
   return out;
 }
@@ -372,12 +525,13 @@ PeerPayload decode_payload(const Manifest& m, std::span<const uint8_t> bytes) {
   p.count.assign(m.total_chunks, 0);  // manifest-sized, not message-sized
   // Every coefficient costs at least one value bit, so the body's size bounds the total as well.
   uint64_t bound = std::min<uint64_t>(m.total_slots, uint64_t(parsed.body_bytes) * 8);
-  p.index.reserve(size_t(bound));
-  p.value.reserve(size_t(bound));
+  wire::reserve_large(p.index, size_t(bound));
+  wire::reserve_large(p.value, size_t(bound));
 
   BitReader r(parsed.body, parsed.body_bytes);
   Where where{"peer payload"};
   const bool sign = h.values == ValueMode::sign;
+  size_t at = 0;  // coefficients decoded so far; index/value may be longer (room for the tensor)
   with_context(where, [&] {
     for (size_t ti = 0; ti < m.tensors.size(); ++ti) {
       const TensorPlan& t = m.tensors[ti];
@@ -392,6 +546,7 @@ PeerPayload decode_payload(const Manifest& m, std::span<const uint8_t> bytes) {
                       std::to_string(t.k) + " coefficients, but the tensor has only " + std::to_string(t.chunks) +
                       " chunks");
       uint64_t next = 0;
+      uint64_t held_back = 0;  // k - count, summed over the exceptions
       for (uint64_t e = 0; e < exceptions; ++e) {
         uint64_t gap = wire::get_exp_golomb(r);
         if (gap >= t.chunks - next)  // next <= chunks, so no overflow
@@ -399,34 +554,45 @@ PeerPayload decode_payload(const Manifest& m, std::span<const uint8_t> bytes) {
                         std::to_string(gap) + ", past the tensor's last chunk " + std::to_string(t.chunks - 1));
         uint64_t c = next + gap;
         count[c] = uint16_t(wire::get_truncated(r, t.k));  // in [0, k) by construction
+        held_back += t.k - count[c];
         next = c + 1;
       }
+      // Room for the whole tensor at once rather than chunk by chunk: its coefficients, as far as the
+      // bits left can hold (one value bit each), so memory stays bounded by the message's size. A
+      // truncated tensor grows chunk by chunk below and fails where it did before.
+      const uint64_t tensor_total = t.chunks * t.k - held_back;
+      p.index.resize(at + size_t(std::min<uint64_t>(tensor_total, r.remaining())));
+      p.value.resize(p.index.size());
       const uint32_t elems = t.elems();
       for (uint64_t c = 0; c < t.chunks; ++c) {
-        where.chunk = int64_t(c);
-        uint32_t cnt = count[c];
+        const uint32_t cnt = count[c];
         if (cnt == 0) continue;
-        size_t at = p.index.size();
-        p.index.resize(at + cnt);
-        p.value.resize(at + cnt);
-        wire::get_interpolative(r, p.index.data() + at, cnt, elems);
+        where.chunk = int64_t(c);
+        if (at + cnt > p.index.size()) {
+          p.index.resize(at + cnt);
+          p.value.resize(at + cnt);
+        }
+        uint16_t* idx = p.index.data() + at;
         int8_t* val = p.value.data() + at;
+        wire::get_interpolative(r, idx, cnt, elems);
         if (sign) {
           for (uint32_t i = 0; i < cnt; i += 32) {
-            unsigned n = std::min<uint32_t>(32, cnt - i);
-            uint32_t bits = r.get(n);
-            for (unsigned j = 0; j < n; ++j) val[i + j] = (bits >> j) & 1 ? int8_t(-1) : int8_t(1);
+            const unsigned n = std::min<uint32_t>(32, cnt - i);
+            const uint32_t bits = r.get(n);
+            for (unsigned j = 0; j < n; ++j) val[i + j] = int8_t(1 - 2 * int((bits >> j) & 1));  // 1 = -1
           }
         } else {
           for (uint32_t i = 0; i < cnt; ++i) {
             uint32_t b = r.get(8);
             if (b == 0x80)
-              where.corrupt("int8 value -128 for coefficient " + std::to_string(p.index[at + i]) +
-                            "; values lie in -127..127");
+              where.corrupt("int8 value -128 for coefficient " + std::to_string(idx[i]) + "; values lie in -127..127");
             val[i] = int8_t(uint8_t(b));
           }
         }
+        at += cnt;
       }
+      p.index.resize(at);  // never grows here: drops room the tensor did not use
+      p.value.resize(at);
     }
     where.tensor = nullptr;
     check_end(r, where);
@@ -436,7 +602,25 @@ PeerPayload decode_payload(const Manifest& m, std::span<const uint8_t> bytes) {
 
 // ---- merged update --------------------------------------------------------------------------------
 
-std::vector<uint8_t> encode_update(const Manifest& m, const MergedUpdate& u) {
+namespace {
+
+// The agreement coding of one value: its sign bit (1 = negative), then EG(vmax - |v|), written as
+// one field (|v| >= 1 and vmax <= 32512, so EG's z <= 14 and the field is at most 30 bits).
+inline void put_agreement(BitWriter& w, int32_t v, int32_t vmax) {
+  const uint32_t x = uint32_t(vmax - (v < 0 ? -v : v)) + 1;
+  const unsigned z = unsigned(std::bit_width(x)) - 1;
+  const uint32_t eg = (1u << z) | ((x & ((1u << z) - 1)) << (z + 1));
+  w.put(uint32_t(v < 0) | (eg << 1), 2 * z + 2);
+}
+
+// Bits of v's agreement coding.
+inline uint64_t agreement_bits(int32_t v, int32_t vmax) {
+  return 1 + wire::exp_golomb_bits(uint64_t(vmax - (v < 0 ? -v : v)));
+}
+
+}  // namespace
+
+std::vector<uint8_t> encode_update(const Manifest& m, const MergedUpdate& u, unsigned threads) {
   auto bad = [](const std::string& msg) { fail(Code::invalid_argument, "encode_update: " + msg); };
   if (u.values != ValueMode::sign && u.values != ValueMode::int8)
     bad("value mode " + std::to_string(int(u.values)) + " is unknown");
@@ -458,20 +642,24 @@ std::vector<uint8_t> encode_update(const Manifest& m, const MergedUpdate& u) {
       bad("offset decreases at chunk " + std::to_string(c) + " (" + std::to_string(u.offset[c]) + " then " +
           std::to_string(u.offset[c + 1]) + ")");
   const int32_t vmax = max_merged_value(u.values);
+  const unsigned nthreads = encode_threads(u.index.size(), threads);
+  std::vector<Piece> pieces = plan_pieces(m, nthreads);
 
-  std::vector<uint8_t> out = start_message(MessageKind::update, u.values, u.run_id, u.step, m.hash, u.contributors,
-                                           size_t(u.index.size()) * 3 + m.total_chunks / 4 + 16);
-  // The update header has three more fields after the common part.
-  put_le(out, float_bits(u.lr), 4);
-  put_le(out, float_bits(u.decay_factor), 4);
-  put_le(out, u.prev_hash, 8);
-  BitWriter w(out);
-  for (const TensorPlan& t : m.tensors) {
+  // Pass 1, per piece: validate its chunks, and find the width its values need and the size of their
+  // agreement coding. A tensor's width field depends on all its values, so this pass ends before
+  // pass 2 writes any tensor; errors still come out for the first invalid tensor and chunk.
+  struct Scan {
+    unsigned width = 0;
+    uint64_t agree_bits = 0;
+  };
+  std::vector<Scan> scans(pieces.size());
+  wire::run_tasks(nthreads, pieces.size(), [&](size_t pi) {
+    Piece& pc = pieces[pi];
+    const TensorPlan& t = m.tensors[pc.tensor];
     const uint32_t elems = t.elems();
     const uint32_t* off = u.offset.data() + t.chunk_base;
-    // Validate the tensor's chunks and find the value width before writing it.
-    unsigned width = 0;
-    for (uint64_t c = 0; c < t.chunks; ++c) {
+    Scan s;
+    for (uint64_t c = pc.c0; c < pc.c1; ++c) {
       uint32_t n = off[c + 1] - off[c];
       if (n > elems)
         bad("tensor '" + t.name + "' chunk " + std::to_string(c) + " has " + std::to_string(n) +
@@ -487,29 +675,54 @@ std::vector<uint8_t> encode_update(const Manifest& m, const MergedUpdate& u) {
         if (i > off[c] && u.index[i] <= u.index[i - 1])
           bad("tensor '" + t.name + "' chunk " + std::to_string(c) + ": indices are not strictly ascending (" +
               std::to_string(u.index[i - 1]) + " then " + std::to_string(u.index[i]) + ")");
-        width = std::max(width, signed_width(v));
+        s.width = std::max(s.width, signed_width(v));
+        s.agree_bits += agreement_bits(v, vmax);
       }
     }
-    const uint64_t n_values = off[t.chunks] - off[0];
-    const bool agree = agreement_cheaper(u.value.data() + off[0], n_values, width, vmax);
-    w.put(agree ? kAgreementCode : width, kWidthFieldBits);
-    const uint32_t mask = width == 32 ? ~0u : (1u << width) - 1;
-    for (uint64_t c = 0; c < t.chunks; ++c) {
+    pc.estimate = size_t(off[pc.c1] - off[pc.c0]) * 3 + size_t(pc.c1 - pc.c0) / 4 + 16;
+    scans[pi] = s;
+  });
+  // Per tensor: the smallest width that fits its values, and the agreement coding exactly when it
+  // is strictly smaller (docs/protocol.md section 6: one encoding per update).
+  std::vector<unsigned> width(m.tensors.size(), 0);
+  std::vector<uint64_t> agree_bits(m.tensors.size(), 0);
+  for (size_t pi = 0; pi < pieces.size(); ++pi) {
+    width[pieces[pi].tensor] = std::max(width[pieces[pi].tensor], scans[pi].width);
+    agree_bits[pieces[pi].tensor] += scans[pi].agree_bits;
+  }
+  std::vector<char> agree(m.tensors.size(), 0);
+  for (size_t ti = 0; ti < m.tensors.size(); ++ti) {
+    const TensorPlan& t = m.tensors[ti];
+    const uint64_t n_values = u.offset[t.chunk_base + t.chunks] - u.offset[t.chunk_base];
+    agree[ti] = agree_bits[ti] < n_values * width[ti];
+  }
+
+  std::vector<uint8_t> out = start_message(MessageKind::update, u.values, u.run_id, u.step, m.hash, u.contributors,
+                                           nthreads > 1 ? 0 : size_t(u.index.size()) * 3 + m.total_chunks / 4 + 16);
+  // The update header has three more fields after the common part.
+  put_le(out, float_bits(u.lr), 4);
+  put_le(out, float_bits(u.decay_factor), 4);
+  put_le(out, u.prev_hash, 8);
+  // Pass 2: write the pieces (nothing left to validate).
+  encode_pieces(out, pieces, nthreads, [&](BitWriter& w, const Piece& pc) {
+    const TensorPlan& t = m.tensors[pc.tensor];
+    const uint32_t elems = t.elems();
+    const uint32_t* off = u.offset.data() + t.chunk_base;
+    const unsigned wd = width[pc.tensor];
+    const bool ag = agree[pc.tensor];
+    if (pc.c0 == 0) w.put(ag ? kAgreementCode : wd, kWidthFieldBits);
+    const uint32_t mask = wd == 32 ? ~0u : (1u << wd) - 1;
+    for (uint64_t c = pc.c0; c < pc.c1; ++c) {
       uint32_t n = off[c + 1] - off[c];
       wire::put_exp_golomb(w, n);
       wire::put_interpolative(w, u.index.data() + off[c], n, elems);
-      for (uint32_t i = off[c]; i < off[c + 1]; ++i) {
-        if (agree) {
-          int32_t v = u.value[i];
-          w.put(v < 0 ? 1u : 0u, 1);
-          wire::put_exp_golomb(w, uint64_t(vmax - (v < 0 ? -v : v)));
-        } else {
-          w.put(uint32_t(u.value[i]) & mask, width);
-        }
+      if (ag) {
+        for (uint32_t i = off[c]; i < off[c + 1]; ++i) put_agreement(w, u.value[i], vmax);
+      } else {
+        for (uint32_t i = off[c]; i < off[c + 1]; ++i) w.put(uint32_t(u.value[i]) & mask, wd);
       }
     }
-  }
-  w.finish();
+  });
   finish_message(out, kUpdateHeaderBytes);
   return out;
 }
@@ -530,15 +743,19 @@ MergedUpdate decode_update(const Manifest& m, std::span<const uint8_t> bytes) {
   u.lr = h.lr;
   u.decay_factor = h.decay_factor;
   u.prev_hash = h.prev_hash;
-  u.offset.reserve(size_t(m.total_chunks) + 1);
-  u.offset.push_back(0);
-  // index/value grow chunk by chunk; each value costs >= 1 bit, which is checked against the bits
-  // left before a chunk's arrays grow, so their size is bounded by the message's own size.
+  u.offset.assign(size_t(m.total_chunks) + 1, 0);  // manifest-sized
+  // index/value: every value costs at least one bit, so a chunk's arrays grow only after checking
+  // that its values' bits are still in the body, and never past what the bits left can hold: memory
+  // stays bounded by the message's own size. Updates take 6 to 12 bits per coefficient, so one
+  // coefficient per body byte, reserved up front, usually spares any regrowth.
+  wire::reserve_large(u.index, size_t(std::min<uint64_t>(m.total_params, parsed.body_bytes)));
+  wire::reserve_large(u.value, u.index.capacity());
 
   BitReader r(parsed.body, parsed.body_bytes);
   Where where{"merged update"};
   const int32_t vmax = max_merged_value(h.values);
   const unsigned wmax = max_width(h.values);
+  size_t at = 0;  // coefficients decoded so far; index/value may be longer (room to grow into)
   with_context(where, [&] {
     for (size_t ti = 0; ti < m.tensors.size(); ++ti) {
       const TensorPlan& t = m.tensors[ti];
@@ -553,7 +770,11 @@ MergedUpdate decode_update(const Manifest& m, std::span<const uint8_t> bytes) {
                       " bits that merged " + mode_name(h.values) + " values need");
       const uint32_t elems = t.elems();
       const uint32_t sign_bit = width == 0 ? 0 : 1u << (width - 1);
-      unsigned widest = 0;  // the width the tensor's values need; must equal `width` (one encoding)
+      const uint64_t least = agree ? 2 : width;  // bits per value at the least
+      const size_t first = at;
+      int32_t pos_max = 0, neg_max = 0;  // the largest positive value and negative magnitude
+      uint64_t agree_size = 0;           // bits the agreement coding of the tensor's values takes
+      uint32_t* offset = u.offset.data() + t.chunk_base;
       for (uint64_t c = 0; c < t.chunks; ++c) {
         where.chunk = int64_t(c);
         uint64_t n = wire::get_exp_golomb(r);
@@ -561,43 +782,89 @@ MergedUpdate decode_update(const Manifest& m, std::span<const uint8_t> bytes) {
           where.corrupt("union of " + std::to_string(n) + " coefficients; the chunk has only " +
                         std::to_string(elems));
         if (n > 0 && width == 0 && !agree) where.corrupt("coefficients present but the tensor's value width is 0");
-        const uint64_t least = agree ? 2 : width;  // bits per value at the least
         if (n * least > r.remaining())
           where.corrupt("truncated: " + std::to_string(n) + " values of at least " + std::to_string(least) +
                         " bits need more than the " + std::to_string(r.remaining()) + " bits left");
-        size_t at = u.index.size();
-        u.index.resize(at + n);
-        u.value.resize(at + n);
-        wire::get_interpolative(r, u.index.data() + at, uint32_t(n), elems);
+        if (at + n > u.index.size()) {
+          // Grow by an eighth (resize zero-fills, and every page it touches costs a page fault on
+          // fresh memory), no further than the bits left can fill (one bit per value at the least).
+          size_t want = std::max<size_t>(at + n, std::min<uint64_t>(at + n + at / 8 + 4096, at + r.remaining()));
+          u.index.resize(want);
+          u.value.resize(want);
+        }
+        uint16_t* idx = u.index.data() + at;
         int32_t* val = u.value.data() + at;
-        for (uint32_t i = 0; i < n; ++i) {
-          int32_t v;
-          if (agree) {
-            bool negative = r.get(1) != 0;
-            uint64_t gap = wire::get_exp_golomb(r);
+        wire::get_interpolative(r, idx, uint32_t(n), elems);
+        // The values run on a copy of the reader whose address never escapes, so the compiler keeps
+        // it in registers; the rare slow path below syncs it with r.
+        BitReader vr = r;
+        if (agree) {
+          for (uint32_t i = 0; i < n; ++i) {
+            // The sign bit and a short EG code, read from one peeked word when all their bits are
+            // there; otherwise field by field, which meets any error exactly where it did before.
+            bool negative;
+            uint64_t gap;
+            unsigned bits;
+            const uint64_t word = vr.peek_word();  // >= 57 bits
+            const unsigned lead = unsigned(std::countr_zero(word >> 1));
+            if (lead <= 27 && 2 * lead + 2 <= vr.remaining()) {
+              negative = word & 1;
+              gap = ((uint64_t(1) << lead) | ((word >> (lead + 2)) & ((uint64_t(1) << lead) - 1))) - 1;
+              bits = 2 * lead + 2;
+              vr.consume_peeked(bits);
+            } else {
+              r = vr;
+              negative = r.get(1) != 0;
+              gap = wire::get_exp_golomb(r);
+              vr = r;
+              bits = 1 + wire::exp_golomb_bits(gap);
+            }
             if (gap >= uint64_t(vmax))
               where.corrupt("merged value distance " + std::to_string(gap) + " from full agreement for coefficient " +
-                            std::to_string(u.index[at + i]) + " is outside 0.." + std::to_string(vmax - 1));
-            v = (vmax - int32_t(gap)) * (negative ? -1 : 1);
-          } else {
-            uint32_t raw = r.get(width);
-            v = int32_t(raw) - int32_t(raw & sign_bit) * 2;  // two's complement of `width` bits
+                            std::to_string(idx[i]) + " is outside 0.." + std::to_string(vmax - 1));
+            // 1..vmax in magnitude: the value is non-zero and within range. Signs are random, so
+            // no branch on them: v = mag or -mag by arithmetic.
+            const int32_t flip = -int32_t(negative);
+            const int32_t v = ((vmax - int32_t(gap)) ^ flip) - flip;
+            pos_max = std::max(pos_max, v);
+            neg_max = std::max(neg_max, -v);
+            agree_size += bits;
+            val[i] = v;
           }
-          if (v == 0 || v > vmax || v < -vmax)
-            where.corrupt("merged value " + std::to_string(v) + " for coefficient " +
-                          std::to_string(u.index[at + i]) + " is outside the non-zero range -" +
-                          std::to_string(vmax) + ".." + std::to_string(vmax));
-          widest = std::max(widest, signed_width(v));
-          val[i] = v;
+        } else {
+          // When all n * width bits are still there (after the indices), no check per value; else
+          // checked reads, which fail where they did before.
+          const bool all_there = n * width <= vr.remaining();
+          const uint64_t mask = (uint64_t(1) << width) - 1;
+          for (uint32_t i = 0; i < n; ++i) {
+            uint32_t raw;
+            if (all_there) {
+              raw = uint32_t(vr.peek_word() & mask);
+              vr.consume_peeked(width);
+            } else {
+              raw = vr.get(width);
+            }
+            const int32_t v = int32_t(raw) - int32_t(raw & sign_bit) * 2;  // two's complement of `width` bits
+            if (v == 0 || v > vmax || v < -vmax)
+              where.corrupt("merged value " + std::to_string(v) + " for coefficient " + std::to_string(idx[i]) +
+                            " is outside the non-zero range -" + std::to_string(vmax) + ".." + std::to_string(vmax));
+            pos_max = std::max(pos_max, v);
+            neg_max = std::max(neg_max, -v);
+            agree_size += agreement_bits(v, vmax);
+            val[i] = v;
+          }
         }
-        if (u.index.size() > 0xFFFFFFFFu) where.corrupt("more than 2^32 - 1 coefficients in total");
-        u.offset.push_back(uint32_t(u.index.size()));
+        r = vr;
+        at += n;
+        if (at > 0xFFFFFFFFu) where.corrupt("more than 2^32 - 1 coefficients in total");
+        offset[c + 1] = uint32_t(at);
       }
       where.chunk = -1;
-      // One encoding per message: the width must be the smallest that fits, and the agreement
-      // coding is used exactly when it is strictly cheaper.
-      const uint32_t first = u.offset[t.chunk_base];
-      const bool cheaper = agreement_cheaper(u.value.data() + first, u.value.size() - first, widest, vmax);
+      // The width the tensor's values need (the widest signed_width() of them), which must equal
+      // `width`: one encoding per message. The agreement coding is used exactly when it is strictly
+      // cheaper.
+      const unsigned widest = std::max(pos_max > 0 ? signed_width(pos_max) : 0u, neg_max > 0 ? signed_width(-neg_max) : 0u);
+      const bool cheaper = agree_size < uint64_t(at - first) * widest;
       if (agree && !cheaper)
         where.corrupt("values use the agreement coding where the fixed width of " + std::to_string(widest) +
                       " bits is no larger");
@@ -609,6 +876,8 @@ MergedUpdate decode_update(const Manifest& m, std::span<const uint8_t> bytes) {
     where.tensor = nullptr;
     check_end(r, where);
   });
+  u.index.resize(at);  // drops the room not used (no reallocation)
+  u.value.resize(at);
   return u;
 }
 

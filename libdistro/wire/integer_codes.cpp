@@ -13,33 +13,19 @@ inline uint64_t low_mask(unsigned bits) { return bits >= 64 ? ~uint64_t(0) : (ui
 
 }  // namespace
 
-void put_exp_golomb(BitWriter& w, uint64_t v) {
+// Codes of more than 31 bits (values of 2^15 - 1 and more): zeros, the 1 and the suffix separately.
+void put_exp_golomb_long(BitWriter& w, uint64_t v) {
   uint64_t x = v + 1;
   unsigned z = unsigned(std::bit_width(x)) - 1;
-  if (z <= 15) {
-    // The whole code (2z + 1 <= 31 bits) as one field: z zeros, the 1, then x's low z bits.
-    w.put((uint64_t(1) << z) | ((x & low_mask(z)) << (z + 1)), 2 * z + 1);
-    return;
-  }
   w.put_wide(0, z);
   w.put(1, 1);
   w.put_wide(x & low_mask(z), z);
 }
 
-uint64_t get_exp_golomb(BitReader& r) {
-  uint64_t word = r.peek_word();  // >= 57 valid bits (zeros past the end of the stream)
+// Codes whose prefix does not fit the peeked word with its suffix (more than 28 zeros). Counts zeros
+// 32 at a time so a corrupt stream of zeros stops at the limit.
+uint64_t get_exp_golomb_long(BitReader& r) {
   unsigned lead = 0;
-  if (word != 0) {
-    lead = unsigned(std::countr_zero(word));
-    if (lead <= 28) {
-      // Fast path: prefix, 1 and suffix all lie in the peeked word (2 * 28 + 1 = 57 bits).
-      unsigned total = 2 * lead + 1;
-      r.skip(total);  // throws "truncated" if the code runs past the end
-      return ((uint64_t(1) << lead) | ((word >> (lead + 1)) & low_mask(lead))) - 1;
-    }
-  }
-  // Long codes: count zeros 32 at a time so a corrupt stream of zeros stops at the limit.
-  lead = 0;
   for (;;) {
     uint32_t w32 = uint32_t(r.peek_word());
     if (w32 != 0) {
@@ -57,22 +43,20 @@ uint64_t get_exp_golomb(BitReader& r) {
                           " leading zero bits at bit " + std::to_string(r.position()));
 }
 
-unsigned exp_golomb_bits(uint64_t v) { return 2 * (unsigned(std::bit_width(v + 1)) - 1) + 1; }
-
 // Inline forms for the BIC loops (the hot path); the exported functions wrap them.
 namespace {
 
+// Both are branch-free in the short/long choice: on random indices it goes either way about as often,
+// and a mispredicted branch costs more than computing both forms.
 inline void truncated_put(BitWriter& w, uint32_t v, uint32_t n) {
   if (n <= 1) return;
   unsigned b = unsigned(std::bit_width(n)) - 1;
   uint64_t u = (uint64_t(2) << b) - n;  // number of b-bit (short) codewords
-  if (v < u) {
-    w.put(v, b);
-  } else {
-    uint64_t y = v + u;
-    w.put(y >> 1, b);
-    w.put(y & 1, 1);
-  }
+  // Long: y = v + u as the b-bit field y >> 1, then the bit y & 1, written as one (b + 1)-bit field.
+  uint64_t y = v + u;
+  uint64_t is_long = v >= u;
+  uint64_t long_code = (y >> 1) | ((y & 1) << b);
+  w.put(v ^ ((v ^ long_code) & (0 - is_long)), b + unsigned(is_long));  // a select by mask, branch-free
 }
 
 inline uint32_t truncated_get(BitReader& r, uint32_t n) {
@@ -81,12 +65,11 @@ inline uint32_t truncated_get(BitReader& r, uint32_t n) {
   uint64_t u = (uint64_t(2) << b) - n;
   uint64_t word = r.peek_word();  // b + 1 <= 32 bits are all in it
   uint64_t x = word & low_mask(b);
-  if (x < u) {
-    r.skip(b);
-    return uint32_t(x);
-  }
-  r.skip(b + 1);
-  return uint32_t(((x << 1) | ((word >> b) & 1)) - u);
+  uint64_t is_long = x >= u;
+  uint64_t long_v = ((x << 1) | ((word >> b) & 1)) - u;
+  uint64_t v = x ^ ((x ^ long_v) & (0 - is_long));  // a select by mask: compilers keep it branch-free
+  r.skip(b + unsigned(is_long));  // throws "truncated" if the code runs past the end
+  return uint32_t(v);
 }
 
 }  // namespace
@@ -106,36 +89,63 @@ unsigned truncated_bits(uint32_t v, uint32_t n) {
 // in truncated binary over that range; then the left half in [lo, x[m] - 1] and the right half in
 // [x[m] + 1, hi]. When the range holds exactly k values every value is implied and no bits are
 // spent (the recursion would send only n == 1 codes); both sides stop there, which keeps dense sets
-// (k close to universe) at O(k). The right half is handled by the loop, so recursion depth is
-// log2(k) <= 17.
+// (k close to universe) at O(k).
+//
+// The recursion runs as a loop over an explicit stack of pending right halves (pre-order: middle,
+// left half, right half), which saves a function call per element on the hot path. A right half is
+// pushed only when descending left, and the left half has at most half the elements, so the stack
+// never holds more than log2(k) + 1 <= 17 entries.
 namespace {
 
+struct Span {
+  uint32_t at, k, lo, hi;  // x[at .. at + k) lie in [lo, hi]
+};
+constexpr unsigned kMaxBicDepth = 24;
+
 void bic_put(BitWriter& w, const uint16_t* x, uint32_t k, uint32_t lo, uint32_t hi) {
-  while (k > 0 && hi - lo + 1 != k) {
-    uint32_t m = k / 2;
-    uint32_t min = lo + m, max = hi - (k - 1 - m);
-    truncated_put(w, x[m] - min, max - min + 1);
-    if (m > 0) bic_put(w, x, m, lo, uint32_t(x[m]) - 1);
-    lo = uint32_t(x[m]) + 1;
-    x += m + 1;
-    k -= m + 1;
+  Span pending[kMaxBicDepth];
+  unsigned depth = 0;
+  uint32_t at = 0;
+  for (;;) {
+    if (k == 0 || hi - lo + 1 == k) {  // nothing left here, or every value implied
+      if (depth == 0) return;
+      const Span& s = pending[--depth];
+      at = s.at, k = s.k, lo = s.lo, hi = s.hi;
+      continue;
+    }
+    const uint32_t m = k / 2;
+    const uint32_t min = lo + m, max = hi - (k - 1 - m);
+    const uint32_t v = x[at + m];
+    truncated_put(w, v - min, max - min + 1);
+    if (k - 1 - m > 0) pending[depth++] = {at + m + 1, k - 1 - m, v + 1, hi};
+    k = m;  // the left half next
+    hi = v - 1;
   }
 }
 
-void bic_get(BitReader& r, uint16_t* x, uint32_t k, uint32_t lo, uint32_t hi) {
-  while (k > 0) {
-    if (hi - lo + 1 == k) {
-      for (uint32_t i = 0; i < k; ++i) x[i] = uint16_t(lo + i);
-      return;
+void bic_get(BitReader& reader, uint16_t* x, uint32_t k, uint32_t lo, uint32_t hi) {
+  BitReader r = reader;  // a local copy stays in registers; written back at the end
+  Span pending[kMaxBicDepth];
+  unsigned depth = 0;
+  uint32_t at = 0;
+  for (;;) {
+    if (k == 0 || hi - lo + 1 == k) {
+      for (uint32_t i = 0; i < k; ++i) x[at + i] = uint16_t(lo + i);
+      if (depth == 0) {
+        reader = r;
+        return;
+      }
+      const Span& s = pending[--depth];
+      at = s.at, k = s.k, lo = s.lo, hi = s.hi;
+      continue;
     }
-    uint32_t m = k / 2;
-    uint32_t min = lo + m, max = hi - (k - 1 - m);
-    uint32_t v = min + truncated_get(r, max - min + 1);
-    x[m] = uint16_t(v);
-    if (m > 0) bic_get(r, x, m, lo, v - 1);
-    lo = v + 1;
-    x += m + 1;
-    k -= m + 1;
+    const uint32_t m = k / 2;
+    const uint32_t min = lo + m, max = hi - (k - 1 - m);
+    const uint32_t v = min + truncated_get(r, max - min + 1);
+    x[at + m] = uint16_t(v);
+    if (k - 1 - m > 0) pending[depth++] = {at + m + 1, k - 1 - m, v + 1, hi};
+    k = m;
+    hi = v - 1;
   }
 }
 
