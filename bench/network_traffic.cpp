@@ -51,6 +51,9 @@ void draw_set(Rng& r, uint32_t k, uint32_t elems, ValueMode mode, std::vector<Pi
   }
 }
 
+}  // namespace
+
+// Declared in the header: `distro bench codec` draws the same payloads.
 PeerPayload simulated_payload(const Manifest& m, uint64_t run_id, uint64_t round, uint32_t node, double share,
                               uint64_t seed) {
   PeerPayload p;
@@ -96,10 +99,12 @@ PeerPayload simulated_payload(const Manifest& m, uint64_t run_id, uint64_t round
   return p;
 }
 
-Manifest preset_manifest(const std::string& preset, const NetworkTrafficConfig& c) {
+Manifest preset_manifest(const std::string& preset, uint32_t chunk, uint32_t topk, ValueMode values) {
   LlamaConfig lc = llama_preset(preset);
-  return make_manifest(llama_tensors({lc.layers, lc.d_model, lc.ffn, lc.heads, lc.vocab}), c.chunk, c.topk, c.values);
+  return make_manifest(llama_tensors({lc.layers, lc.d_model, lc.ffn, lc.heads, lc.vocab}), chunk, topk, values);
 }
+
+namespace {
 
 TrafficRow simulated_row(const NetworkTrafficConfig& c, const std::string& preset, const Manifest& m, unsigned nodes,
                          double share, ThreadPool& pool) {
@@ -227,7 +232,7 @@ std::vector<TrafficRow> run_network_traffic(const NetworkTrafficConfig& c) {
         add_protocol(rows.back(), c);
       }
     } else {
-      Manifest m = preset_manifest(preset, c);
+      Manifest m = preset_manifest(preset, c.chunk, c.topk, c.values);
       for (double share : {0.0, c.share})
         for (unsigned n : c.nodes) {
           rows.push_back(simulated_row(c, preset, m, n, share, pool));

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "optim/manifest.hpp"
+#include "wire/messages.hpp"
 
 namespace distro::bench {
 
@@ -52,6 +53,15 @@ std::vector<TrafficRow> run_network_traffic(const NetworkTrafficConfig& c);
 void print_network_traffic(const NetworkTrafficConfig& c, const std::vector<TrafficRow>& rows);
 void write_network_traffic_json(const NetworkTrafficConfig& c, const std::vector<TrafficRow>& rows,
                                 const std::string& path);
+
+// The `preset`'s manifest (model/llama.hpp presets) with the given DisTrO settings.
+Manifest preset_manifest(const std::string& preset, uint32_t chunk, uint32_t topk, ValueMode values);
+
+// One simulated node's payload of `round` (see above): share == 0 draws every chunk's k coefficients
+// independently, share in (0, 1) correlates them with the round's shared choice. Deterministic in
+// (seed, round, node), whatever thread draws it. `distro bench codec` times the codec on these too.
+PeerPayload simulated_payload(const Manifest& m, uint64_t run_id, uint64_t round, uint32_t node, double share,
+                              uint64_t seed);
 
 // Bytes one node sends, and equally receives, in a ring all-reduce of `params` bf16 values over
 // `nodes` nodes: 2 (N - 1) / N * 2 * params (reduce-scatter, then all-gather).

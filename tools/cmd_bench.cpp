@@ -3,6 +3,7 @@
 #include <cstdlib>
 
 #include "args.hpp"
+#include "codec_bench.hpp"
 #include "commands.hpp"
 #include "model_bench.hpp"
 #include "network_traffic.hpp"
@@ -37,6 +38,18 @@ static const char* kNetworkHelp =
     "  --chunk S --topk K --values MODE   DisTrO settings (default 64, 4, sign)\n"
     "  --threads N       CPU threads, 0 = all cores (default)\n"
     "  --json FILE       also write the table as JSON\n";
+
+static const char* kCodecHelp =
+    "usage: distro bench codec [options]\n"
+    "Times the host-side wire codec and merge of one round on simulated payloads at a preset's shapes:\n"
+    "encode payload, decode payload, Merger::add of N payloads, Merger::finish, encode and decode update.\n"
+    "  --preset NAME     model preset (default 1b)\n"
+    "  --nodes LIST      payloads merged, comma-separated, 1..1024 (default 1,4,16)\n"
+    "  --threads N       codec and merge threads, 0 = the library default (default 0)\n"
+    "  --repeat N        timed repetitions per stage; the median is printed (default 5)\n"
+    "  --share P         0 = independent payloads (default), else correlated with probability P\n"
+    "  --chunk S --topk K --values MODE   DisTrO settings (default 64, 4, sign)\n"
+    "  --json FILE       also write the figures as JSON\n";
 
 // Splits "a,b,c"; an empty entry is a usage error.
 static std::vector<std::string> split_list(const std::string& option, const std::string& s) {
@@ -91,9 +104,40 @@ static int bench_network(const std::vector<std::string>& argv) {
   return 0;
 }
 
+static int bench_codec(const std::vector<std::string>& argv) {
+  Args a("distro bench codec", argv, {"preset", "nodes", "threads", "repeat", "share", "chunk", "topk", "values", "json"},
+         {"help"});
+  if (a.flag("help")) {
+    std::fputs(kCodecHelp, stdout);
+    return 0;
+  }
+  bench::CodecBenchConfig c;
+  c.preset = a.str("preset", c.preset);
+  c.nodes.clear();
+  for (const std::string& n : split_list("nodes", a.str("nodes", "1,4,16"))) {
+    char* end = nullptr;
+    unsigned long v = std::strtoul(n.c_str(), &end, 10);
+    if (n[0] < '0' || n[0] > '9' || *end != '\0' || v < 1 || v > 1024)
+      throw UsageError("--nodes entry '" + n + "' is not a node count; expected an integer 1..1024");
+    c.nodes.push_back(unsigned(v));
+  }
+  c.threads = unsigned(a.u64("threads", 0, 0, 4096));
+  c.repeat = unsigned(a.u64("repeat", 5, 1, 1000));
+  c.share = a.real("share", 0.0, 0.0, 1.0);
+  if (c.share >= 1.0) throw UsageError("--share must be below 1 (0 = independent payloads)");
+  c.chunk = uint32_t(a.u64("chunk", 64, 1, 256));
+  c.topk = uint32_t(a.u64("topk", 4, 1, 65535));
+  c.values = parse_values(a.str("values", "sign"));
+  c.json_path = a.str("json", "");
+  auto r = bench::run_codec_bench(c);
+  bench::print_codec_bench(c, r);
+  if (!c.json_path.empty()) bench::write_codec_bench_json(c, r, c.json_path);
+  return 0;
+}
+
 int cmd_bench(const std::vector<std::string>& argv) {
   if (argv.empty() || argv[0] == "--help") {
-    std::puts("usage: distro bench optimizer|model|network [options]   (--help after the name for its options)");
+    std::puts("usage: distro bench optimizer|model|network|codec [options]   (--help after the name for its options)");
     return argv.empty() ? 2 : 0;
   }
   if (argv[0] == "model") {
@@ -115,8 +159,9 @@ int cmd_bench(const std::vector<std::string>& argv) {
     return 0;
   }
   if (argv[0] == "network") return bench_network({argv.begin() + 1, argv.end()});
+  if (argv[0] == "codec") return bench_codec({argv.begin() + 1, argv.end()});
   if (argv[0] != "optimizer")
-    throw UsageError("distro bench: unknown benchmark '" + argv[0] + "'; expected optimizer, model or network");
+    throw UsageError("distro bench: unknown benchmark '" + argv[0] + "'; expected optimizer, model, network or codec");
   Args a("distro bench optimizer", {argv.begin() + 1, argv.end()},
          {"model", "peers", "chunk", "topk", "values", "threads", "repeat", "json"}, {"help"});
   if (a.flag("help")) {

@@ -21,6 +21,7 @@ const char* kUsage =
     "  bench optimizer [options] time each stage of the optimizer; --json FILE writes the figures\n"
     "  bench model [options]     time the built-in model's forward and backward on the CPU\n"
     "  bench network [options]   bytes per node per round, up and down, against a ring all-reduce\n"
+    "  bench codec [options]     time the host-side wire codec and merge of one round\n"
     "  serve --config run.json   coordinate a network run: nodes join over TLS and train together\n"
     "  node [options]            contribute this machine to a network run\n"
     "  version                   print the version\n"

@@ -52,7 +52,7 @@ expect 0 "step 3/3" -- "$distro" train --resume "$tmp/ck" --steps 3
 expect 0 '"name": "cpu"' -- "$distro" devices --json
 expect 0 "bits/param" -- "$distro" compress --model params:65536 --steps 1
 expect 0 "forward + backward" -- "$distro" bench model --batch 1 --seq 8 --repeat 1 --threads 1
-expect 2 "expected optimizer, model or network" -- "$distro" bench gpu
+expect 2 "expected optimizer, model, network or codec" -- "$distro" bench gpu
 # bench network: real payloads from 2 trainer peers; simulated ones; the all-reduce column is
 # 2 (N-1)/N * 2 bytes * 918656 nano parameters = 1837312 for N = 2.
 expect 0 "1837312" -- "$distro" bench network --preset nano --nodes 2 --rounds 1 --batch 1 --seq 8 --threads 1 \
@@ -61,6 +61,9 @@ expect 0 "correlated" -- "$distro" bench network --preset nano --payloads simula
 expect 2 "--nodes entry '1' is not a node count" -- "$distro" bench network --nodes 1
 expect 2 "--payloads 'fake' is unknown" -- "$distro" bench network --payloads fake
 expect 1 "no text file" -- "$distro" bench network --preset nano --data "$tmp/missing.txt"
+# bench codec: the host codec and merge of one round on simulated payloads (nano: 242 chunks).
+expect 0 "242 chunks" -- "$distro" bench codec --preset nano --nodes 1,2 --repeat 1 --json "$tmp/codec.json"
+expect 2 "--nodes entry '0' is not a node count" -- "$distro" bench codec --nodes 0
 
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]
