@@ -144,7 +144,7 @@ int main(int argc, char** argv) {
         // Overlapped (distro train --overlap): the host codec and merge of step s run on a second
         // thread while the GPU computes step s+1; on the critical path stay the compress, the
         // device apply of the previous step's (already decoded) update and the hash.
-        PeerPayload pp = opt.compress(s, lr);
+        PeerPayload pp = peer.compress_payload(s, lr);
         if (pending.valid()) {
           opt.apply(pending.get());
           pending = {};
@@ -173,7 +173,7 @@ int main(int argc, char** argv) {
       }
       // The node's part: compress on the device and encode; the coordinator's part: merge and
       // encode the update; the node again: decode, apply and hash. Each timed on its own.
-      PeerPayload pp = opt.compress(s, lr);
+      PeerPayload pp = peer.compress_payload(s, lr);
       peer.device().synchronize();
       const double t_c = bench::now_seconds();
       std::vector<uint8_t> payload = encode_payload(opt.manifest(), pp);

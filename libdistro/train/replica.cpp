@@ -46,6 +46,7 @@ Optimizer& Replica::optimizer() {
 double Replica::compute_grad(const int32_t* tokens, const int32_t* targets) {
   const int B = cfg_.batch, mb = cfg_.micro_batch ? cfg_.micro_batch : B, T = cfg_.seq;
   model_->zero_grad();
+  grad_scale_ = 1.0f;
   double loss = 0.0;
   for (int b = 0; b < B; b += mb)
     loss += model_->forward_backward(tokens + size_t(b) * T, targets + size_t(b) * T, mb, T);
@@ -71,6 +72,10 @@ double Replica::grad_norm() {
 void Replica::clip(double norm) {
   if (cfg_.clip <= 0.0f || !(norm > cfg_.clip)) return;
   const float s = float(double(cfg_.clip) / norm);
+  if (opt_) {
+    grad_scale_ = s;  // applied in compress
+    return;
+  }
   for (const auto& t : model_->tensors()) dev_->scale(t.grad, s, int64_t(t.numel));
 }
 
@@ -82,8 +87,13 @@ GradStats Replica::train_batch(const int32_t* tokens, const int32_t* targets) {
   return g;
 }
 
+PeerPayload Replica::compress_payload(uint64_t step, float lr) {
+  // The lr-scaled gradient of DeMo's momentum with the clip factor folded in (one float32 product).
+  return optimizer().compress(step, lr * grad_scale_);
+}
+
 std::vector<uint8_t> Replica::compress(uint64_t step, float lr) {
-  return encode_payload(optimizer().manifest(), optimizer().compress(step, lr));
+  return encode_payload(optimizer().manifest(), compress_payload(step, lr));
 }
 
 void Replica::apply(const std::vector<uint8_t>& encoded_update) {

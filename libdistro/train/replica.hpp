@@ -44,7 +44,10 @@ class Replica {
   // batch * seq entries), micro-batched as cfg.micro_batch says and left unclipped.
   double compute_grad(const int32_t* tokens, const int32_t* targets);
   double grad_norm();                   // global L2 norm of the current gradient
-  void clip(double norm);               // scales the gradient so its norm is at most cfg.clip
+  // Clips the gradient so its norm is at most cfg.clip. AdamW: scales it in place. DisTrO: keeps
+  // the factor and folds it into the compress's learning rate (momentum += (lr * s) g), which saves
+  // a pass over the gradient; the gradient buffer itself stays unclipped.
+  void clip(double norm);
   // compute_grad, grad_norm and clip in one.
   GradStats train_batch(const int32_t* tokens, const int32_t* targets);
 
@@ -52,6 +55,7 @@ class Replica {
   // (decoded and checked against the manifest first; Error(corrupt / mismatch) leaves the
   // parameters untouched).
   std::vector<uint8_t> compress(uint64_t step, float lr);
+  PeerPayload compress_payload(uint64_t step, float lr);  // the same, not yet encoded
   void apply(const std::vector<uint8_t>& encoded_update);
   // AdamW: one step over the current gradient.
   void adamw_step(float lr, uint64_t step);
@@ -72,6 +76,7 @@ class Replica {
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<Optimizer> opt_;
   std::vector<DeviceMemory> m_, v_;  // AdamW moments
+  float grad_scale_ = 1.0f;          // DisTrO: the clip factor of the current gradient
 };
 
 }  // namespace distro

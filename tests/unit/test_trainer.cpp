@@ -7,7 +7,9 @@
 #include <fstream>
 
 #include "core/error.hpp"
+#include "model/llama.hpp"
 #include "train/checkpoint.hpp"
+#include "train/replica.hpp"
 #include "train/schedule.hpp"
 #include "train/trainer.hpp"
 
@@ -223,4 +225,36 @@ TEST_CASE("overlap applies each update one step late, ends with all of them, and
 
   c.optimizer = "adamw";
   expect_error([&] { Trainer bad(c); }, Code::invalid_argument, "overlap needs the distro optimizer");
+}
+
+TEST_CASE("DisTrO's clip folds the factor into the compress's learning rate", "[train]") {
+  Scratch s;
+  TrainConfig c = tiny(s);
+  c.clip = 0.01f;  // far below the norm of a fresh model's gradient: the factor is in play
+  const LlamaConfig mc = llama_preset("nano", 257);
+  std::vector<int32_t> tok(size_t(c.batch) * c.seq), tgt(tok.size());
+  for (size_t i = 0; i < tok.size(); ++i) tok[i] = int32_t((i * 37) % 257), tgt[i] = int32_t((i * 91 + 5) % 257);
+  const float lr = 3e-3f;
+  Replica clipped(c, mc, 0, 9, "cpu"), plain(c, mc, 0, 9, "cpu"), unclipped(c, mc, 0, 9, "cpu");
+  const GradStats g = clipped.train_batch(tok.data(), tgt.data());
+  REQUIRE(g.grad_norm > c.clip);
+  const PeerPayload a = clipped.compress_payload(1, lr);
+  // The same gradient, never clipped, compressed with lr times the factor: the same bits.
+  plain.compute_grad(tok.data(), tgt.data());
+  const PeerPayload b = plain.optimizer().compress(1, lr * float(double(c.clip) / g.grad_norm));
+  CHECK(a.index == b.index);
+  CHECK(a.value == b.value);
+  CHECK(a.count == b.count);
+  for (size_t t = 0; t < clipped.tensor_count(); ++t) CHECK(clipped.state(t) == plain.state(t));
+  // Without the factor the momentum differs: the clip did something.
+  unclipped.compute_grad(tok.data(), tgt.data());
+  unclipped.compress_payload(1, lr);
+  CHECK(clipped.state(0) != unclipped.state(0));
+  // A new gradient starts with no factor: step 2 without a clip matches the replica never clipped
+  // (the same momentum so far), which it would not if the old factor stuck.
+  clipped.compute_grad(tok.data(), tgt.data());
+  plain.compute_grad(tok.data(), tgt.data());
+  clipped.compress_payload(2, lr);
+  plain.compress_payload(2, lr);
+  for (size_t t = 0; t < clipped.tensor_count(); ++t) CHECK(clipped.state(t) == plain.state(t));
 }
