@@ -27,71 +27,22 @@
 #include "backend/cpu_device.hpp"
 #include "backend/registry.hpp"
 #include "cuda/flash_attention.hpp"
+#include "compare.hpp"
 #include "guarded.hpp"
 
 using namespace distro;
 
 namespace {
 
-std::unique_ptr<Device> open_gpu() {
-  auto devs = scan_cuda_devices();
-  REQUIRE(!devs.empty());
-  return std::move(devs[0]);
-}
-
+using test::all_finite;
+using test::count_bad;
+using test::fresh_seed;
 using test::Guarded;
-
-struct Rng {
-  std::mt19937_64 g;
-  explicit Rng(uint64_t seed) : g(seed) {}
-  std::vector<float> normal(size_t n, float sigma = 1.0f) {
-    std::normal_distribution<float> d(0.0f, sigma);
-    std::vector<float> v(n);
-    for (auto& x : v) x = d(g);
-    return v;
-  }
-};
-
-uint64_t fresh_seed() { return (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}(); }
-
-double max_abs(const std::vector<float>& v) {
-  double m = 0;
-  for (float x : v) m = std::max(m, double(std::fabs(x)));
-  return m;
-}
-
-// |got - ref| <= rtol |ref| + atol everywhere, got finite wherever ref is; prints the first few.
-size_t count_bad(const std::vector<float>& got, const std::vector<float>& ref, double rtol, double atol,
-                 const std::string& what) {
-  REQUIRE(got.size() == ref.size());
-  size_t bad = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double g = got[i], r = ref[i];
-    const bool ok = std::isfinite(r) ? std::isfinite(g) && std::fabs(g - r) <= rtol * std::fabs(r) + atol
-                                     : std::isnan(r) == std::isnan(g);
-    if (!ok && ++bad <= 3)
-      UNSCOPED_INFO(what << "[" << i << "]: gpu " << g << " cpu " << r << " (tolerance " << rtol * std::fabs(r) + atol
-                         << ")");
-  }
-  return bad;
-}
-
-double rel_l2(const std::vector<float>& got, const std::vector<float>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double d = double(got[i]) - double(ref[i]);
-    num += d * d, den += double(ref[i]) * double(ref[i]);
-  }
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
-
-bool all_finite(const std::vector<float>& v) {
-  return std::all_of(v.begin(), v.end(), [](float x) { return std::isfinite(x); });
-}
-
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
+using test::max_abs;
+using test::open_gpu;
+using test::rel_l2;
+using test::Rng;
+using test::same_bits;
 
 float scale_of(const HeadShape& s) { return 1.0f / std::sqrt(float(s.head_dim)); }  // the CPU's
 

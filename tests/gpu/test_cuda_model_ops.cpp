@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "backend/cpu_device.hpp"
+#include "compare.hpp"
 #include "guarded.hpp"
 #include "backend/cpu_kernels.hpp"
 #include "backend/registry.hpp"
@@ -35,77 +36,20 @@ using namespace distro;
 
 namespace {
 
-std::unique_ptr<Device> open_gpu() {
-  auto devs = scan_cuda_devices();
-  REQUIRE(!devs.empty());
-  return std::move(devs[0]);
-}
-
+using test::all_finite;
+using test::count_bad;
+using test::fresh_seed;
 using test::Guarded;
-
-struct Rng {
-  std::mt19937_64 g;
-  explicit Rng(uint64_t seed) : g(seed) {}
-  std::vector<float> normal(size_t n, float sigma = 1.0f) {
-    std::normal_distribution<float> d(0.0f, sigma);
-    std::vector<float> v(n);
-    for (auto& x : v) x = d(g);
-    return v;
-  }
-  std::vector<int32_t> ints(size_t n, int32_t lo, int32_t hi) {  // [lo, hi]
-    std::uniform_int_distribution<int32_t> d(lo, hi);
-    std::vector<int32_t> v(n);
-    for (auto& x : v) x = d(g);
-    return v;
-  }
-};
-
-uint64_t fresh_seed() { return (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}(); }
-
-double max_abs(const std::vector<float>& v) {
-  double m = 0;
-  for (float x : v) m = std::max(m, double(std::fabs(x)));
-  return m;
-}
-
-// Element-wise comparison: |got - ref| <= rtol |ref| + atol everywhere, got finite wherever ref is.
-// Returns the number of violations; prints the first few.
-size_t count_bad(const std::vector<float>& got, const std::vector<float>& ref, double rtol, double atol,
-                 const std::string& what) {
-  REQUIRE(got.size() == ref.size());
-  size_t bad = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double g = got[i], r = ref[i];
-    const bool ok = std::isfinite(r) ? std::isfinite(g) && std::fabs(g - r) <= rtol * std::fabs(r) + atol
-                                     : std::isnan(r) == std::isnan(g);
-    if (!ok && ++bad <= 3)
-      UNSCOPED_INFO(what << "[" << i << "]: gpu " << g << " cpu " << r << " (tolerance " << rtol * std::fabs(r) + atol
-                         << ")");
-  }
-  return bad;
-}
+using test::max_abs;
+using test::open_gpu;
+using test::rel_l2;
+using test::Rng;
+using test::same_bits;
 
 // float32 ops: 1e-5 relative plus 1e-5 of the output's scale.
 void check_fp32(const std::vector<float>& got, const std::vector<float>& ref, const std::string& what,
                 double tol = 1e-5) {
   CHECK(count_bad(got, ref, tol, tol * max_abs(ref), what) == 0);
-}
-
-double rel_l2(const std::vector<float>& got, const std::vector<float>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double d = double(got[i]) - double(ref[i]);
-    num += d * d, den += double(ref[i]) * double(ref[i]);
-  }
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
-
-bool all_finite(const std::vector<float>& v) {
-  return std::all_of(v.begin(), v.end(), [](float x) { return std::isfinite(x); });
-}
-
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
 std::vector<float> abs_of(std::vector<float> v) {
