@@ -84,4 +84,25 @@ inline bool same_bits(const std::vector<float>& a, const std::vector<float>& b) 
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
+// Attention in bf16 with float32 accumulation against the CPU's: lse within 2e-2 (absolute, relative
+// for large values: scores of order 1 from bf16 inputs), out within 1e-2 relative L2 and 3e-2 of its
+// largest magnitude per element, everything finite.
+inline void check_attention_forward(const std::vector<float>& got_out, const std::vector<float>& got_lse,
+                                    const std::vector<float>& out, const std::vector<float>& lse) {
+  CHECK(count_bad(got_lse, lse, 2e-2, 2e-2, "lse") == 0);
+  CHECK(all_finite(got_out));
+  CHECK(rel_l2(got_out, out) < 1e-2);
+  CHECK(count_bad(got_out, out, 0.0, 3e-2 * max_abs(out), "out") == 0);
+}
+
+// A gradient of that attention: within 2e-2 relative L2 and 5e-2 of its largest magnitude.
+inline void check_attention_grad(const char* name, const std::vector<float>& got, const std::vector<float>& ref) {
+  INFO(name);
+  CHECK(all_finite(got));
+  const double e = rel_l2(got, ref);
+  UNSCOPED_INFO(name << " relative L2 error " << e);
+  CHECK(e < 2e-2);
+  CHECK(count_bad(got, ref, 0.0, 5e-2 * max_abs(ref), name) == 0);
+}
+
 }  // namespace distro::test
