@@ -939,6 +939,10 @@ cudaError_t backward(float* dq, float* dk, float* dv, const float* dout, const f
 
 bool flash_attention_supported(int64_t head_dim) { return device_check(head_dim) == cudaSuccess; }
 
+bool flash_attention_supported(int64_t batch, int64_t seq, int64_t heads, int64_t head_dim) {
+  return check_sizes(batch, seq, heads) == cudaSuccess && flash_attention_supported(head_dim);
+}
+
 uint64_t flash_attention_backward_scratch_bytes(int64_t batch, int64_t seq, int64_t heads) {
   if (batch <= 0 || seq <= 0 || heads <= 0) return 0;
   return uint64_t(batch) * uint64_t(seq) * uint64_t(heads) * sizeof(float);

@@ -48,19 +48,11 @@ CudaDevice::CudaDevice(int ordinal) : ordinal_(ordinal) {
   cudaStream_t stream = nullptr;
   DISTRO_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   stream_ = stream;
-  void* scratch = nullptr;
-  if (cudaError_t err = cudaMalloc(&scratch, sizeof(unsigned long long)); err != cudaSuccess) {
-    cudaStreamDestroy(stream);
-    stream_ = nullptr;
-    raise(ordinal_, "cudaMalloc(scratch)", err);
-  }
-  scratch_ = static_cast<unsigned long long*>(scratch);
 
   size_t free_bytes = 0, total_bytes = 0;
   if (cudaError_t err = cudaMemGetInfo(&free_bytes, &total_bytes); err != cudaSuccess) {
-    cudaFree(scratch_);
     cudaStreamDestroy(stream);
-    scratch_ = nullptr, stream_ = nullptr;
+    stream_ = nullptr;
     raise(ordinal_, "cudaMemGetInfo", err);
   }
 
@@ -88,7 +80,6 @@ CudaDevice::~CudaDevice() {
   // (cudaErrorCudartUnloading), and a destructor must not throw.
   if (cudaSetDevice(ordinal_) == cudaSuccess) {
     timer_.reset();  // reads its events (and prints) while the stream exists
-    if (scratch_) cudaFree(scratch_);
     if (stream_) cudaStreamDestroy(stream_);
   }
   (void)cudaGetLastError();
@@ -177,22 +168,11 @@ void CudaDevice::check_device_pointer(const void* p, const char* op) const {
              ": the pointer is not memory of this device (allocate it with alloc)");
 }
 
+// The single reductions are the batched ones with one buffer: one code path, one set of checks.
 uint64_t CudaDevice::hash(const float* data, uint64_t n, uint64_t salt) {
-  cuda::OpTimer::Scope timed(*timer_, "hash");
-  if (n == 0) return 0;
-  if (!data) fail(Code::invalid_argument, info_.name + ": hash of a null pointer");
-  if (reinterpret_cast<uintptr_t>(data) % alignof(float) != 0)
-    fail(Code::invalid_argument, info_.name + ": hash: data is not aligned to 4 bytes");
-  activate();
-  check_device_pointer(data, "hash");
-
-  std::lock_guard<std::mutex> lock(mutex_);
-  DISTRO_CUDA_CHECK(cudaMemsetAsync(scratch_, 0, sizeof(unsigned long long), stream_));
-  DISTRO_CUDA_CHECK(cuda::launch_hash(data, n, salt, scratch_, max_blocks_, stream_));
-  unsigned long long sum = 0;
-  DISTRO_CUDA_CHECK(cudaMemcpyAsync(&sum, scratch_, sizeof(sum), cudaMemcpyDeviceToHost, stream_));
-  DISTRO_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  return uint64_t(sum);
+  uint64_t sum = 0;
+  hash_many(&data, &n, &salt, 1, &sum);
+  return sum;
 }
 
 void CudaDevice::check_range(const void* p, uint64_t bytes, const char* what, const char* op) const {
@@ -359,20 +339,9 @@ void CudaDevice::apply(const ApplyArgs& a) {
 
 uint64_t CudaDevice::first_nonfinite_momentum(const float* delta, const float* grad, float beta, float lr,
                                               uint64_t n) {
-  cuda::OpTimer::Scope timed(*timer_, "first_nonfinite_momentum");
-  if (n == 0) return UINT64_MAX;
-  activate();
-  check_range(delta, n * 4, "delta", "first_nonfinite_momentum");
-  check_range(grad, n * 4, "grad", "first_nonfinite_momentum");
-  if (reinterpret_cast<uintptr_t>(delta) % 4 != 0 || reinterpret_cast<uintptr_t>(grad) % 4 != 0)
-    fail(Code::invalid_argument, info_.name + ": first_nonfinite_momentum: buffers are not aligned to 4 bytes");
-  std::lock_guard<std::mutex> lock(mutex_);
-  DISTRO_CUDA_CHECK(cudaMemsetAsync(scratch_, 0xFF, sizeof(unsigned long long), stream_));
-  DISTRO_CUDA_CHECK(cuda::launch_first_nonfinite(delta, grad, beta, lr, n, scratch_, max_blocks_, stream_));
-  unsigned long long first = 0;
-  DISTRO_CUDA_CHECK(cudaMemcpyAsync(&first, scratch_, sizeof(first), cudaMemcpyDeviceToHost, stream_));
-  DISTRO_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  return uint64_t(first);
+  uint64_t first = UINT64_MAX;
+  first_nonfinite_momentum_many(&delta, &grad, &n, beta, lr, 1, &first);
+  return first;
 }
 
 unsigned long long* CudaDevice::results(size_t words) {

@@ -113,8 +113,7 @@ class CudaDevice final : public Device {
   unsigned max_blocks_ = 1;  // grid bound for grid-stride kernels: SMs * blocks per SM
   CUstream_st* stream_ = nullptr;
   mutable DeviceInfo info_;
-  mutable std::mutex mutex_;               // guards info_.memory_free and the scratch word
-  unsigned long long* scratch_ = nullptr;  // one device word for reductions (hash)
+  mutable std::mutex mutex_;  // guards info_.memory_free and the reductions' scratch
   unsigned sm_count_ = 1;
   std::unique_ptr<cuda::OpTimer> timer_;  // DISTRO_CUDA_OP_TIMES=1: GPU time per op (op_timer.hpp)
 
@@ -122,7 +121,7 @@ class CudaDevice final : public Device {
   std::map<uintptr_t, size_t> allocs_;  // live allocations made by alloc(): base -> bytes
   // Every DeviceMemory member comes after allocs_ and alloc_mu_: members are destroyed in reverse
   // order, and a DeviceMemory's destructor calls release(), which erases from allocs_.
-  DeviceMemory reduce_scratch_;  // sum_squares: per-block partials and the result (guarded by mutex_)
+  DeviceMemory reduce_scratch_;  // sum_squares: per-block partials (guarded by mutex_)
   DeviceMemory results_;         // the *_many ops' per-buffer results, grown on demand (guarded by mutex_)
   // results_ with room for `words` 8-byte results (mutex_ held).
   unsigned long long* results(size_t words);

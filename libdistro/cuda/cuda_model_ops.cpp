@@ -72,13 +72,13 @@ void check_aligned4(const std::string& dev, const char* op, std::initializer_lis
 uint64_t u(int64_t v) { return uint64_t(v); }
 
 // The fused kernels (kernels/flash_attention.cu) take head sizes 32, 64, 128 and 256 on sm_80+ with
-// 16-byte aligned activations; anything else, or DISTRO_CUDA_ATTENTION=gemm (A/B timing, tests),
-// runs the cuBLASLt GEMMs around the softmax kernels.
-bool use_flash(int64_t head_dim, std::initializer_list<const void*> ptrs) {
+// 16-byte aligned activations and sizes inside their grid; anything else, or
+// DISTRO_CUDA_ATTENTION=gemm (A/B timing, tests), runs the cuBLASLt GEMMs around the softmax kernels.
+bool use_flash(const HeadShape& s, std::initializer_list<const void*> ptrs) {
   if (const char* env = std::getenv("DISTRO_CUDA_ATTENTION"); env && std::string(env) == "gemm") return false;
   for (const void* p : ptrs)
     if (reinterpret_cast<uintptr_t>(p) % cuda::kFlashAttentionAlignment != 0) return false;
-  return cuda::flash_attention_supported(head_dim);
+  return cuda::flash_attention_supported(s.batch, s.seq, s.heads, s.head_dim);
 }
 
 // The op timer's row for one GEMM shape: "matmul 16384x2048x2048 tB +C".
@@ -295,7 +295,7 @@ void CudaDevice::attention_forward(float* out, float* lse, const float* q, const
   check_range(q, bytes, "q", op), check_range(k, bytes, "k", op), check_range(v, bytes, "v", op);
   check_aligned4(info_.name, op, {out, lse, q, k, v});
   const float scale = 1.0f / std::sqrt(float(D));  // the CPU's attention_scale<float>
-  if (use_flash(D, {out, q, k, v})) {
+  if (use_flash(s, {out, q, k, v})) {
     DISTRO_CUDA_CHECK(cuda::launch_flash_attention_forward(out, lse, q, k, v, s.batch, T, H, D, scale, stream_));
     return;
   }
@@ -357,11 +357,12 @@ void CudaDevice::attention_backward(float* dq, float* dk, float* dv, const float
   check_range(v, bytes, "v", op), check_range(out, bytes, "out", op);
   check_range(lse, u(s.batch) * u(H) * u(T) * 4, "lse", op);
   check_aligned4(info_.name, op, {dq, dk, dv, dout, q, k, v, out, lse});
-  if (use_flash(D, {dq, dk, dv, dout, q, k, v, out})) {
+  const float scale = 1.0f / std::sqrt(float(D));
+  if (use_flash(s, {dq, dk, dv, dout, q, k, v, out})) {
     std::lock_guard<std::mutex> lock(model_mu_);
     void* scratch = model_scratch(cuda::flash_attention_backward_scratch_bytes(s.batch, T, H));
     DISTRO_CUDA_CHECK(cuda::launch_flash_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, scratch, s.batch, T,
-                                                            H, D, 1.0f / std::sqrt(float(D)), stream_));
+                                                            H, D, scale, stream_));
     return;
   }
 
@@ -372,7 +373,6 @@ void CudaDevice::attention_backward(float* dq, float* dk, float* dv, const float
   const uint64_t do_at = c.take(u(nb * THD) * 2);
   const uint64_t s_at = c.take(u(nb * H * TT) * 4), dp_at = c.take(u(nb * H * TT) * 4);
   const uint64_t p_at = c.take(u(nb * H * TT) * 2), ds_at = c.take(u(nb * H * TT) * 2);
-  const float scale = 1.0f / std::sqrt(float(D));
 
   std::lock_guard<std::mutex> lock(model_mu_);
   uint8_t* ws = model_scratch(c.total);

@@ -10,26 +10,9 @@
 namespace distro {
 
 double CudaDevice::sum_squares(const float* x, uint64_t n) {
-  cuda::OpTimer::Scope timed(*timer_, "sum_squares");
-  if (n == 0) return 0.0;
-  check_range(x, n * 4, "x", "sum_squares");
-  activate();
-  // The grid depends only on the device (its SM count), so the sum's rounding is fixed per device.
-  const unsigned blocks = std::min<unsigned>(cuda::kSumSquaresMaxBlocks, sm_count_ * 8);
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (!reduce_scratch_.data()) reduce_scratch_ = alloc((cuda::kSumSquaresMaxBlocks + 1) * sizeof(double));
-  double* partial = reduce_scratch_.as<double>();
-  double* out = partial + cuda::kSumSquaresMaxBlocks;
-  cudaError_t err = cuda::launch_sum_squares(x, n, partial, blocks, out, stream_);
-  double result = 0.0;
-  if (err == cudaSuccess) err = cudaMemcpyAsync(&result, out, sizeof result, cudaMemcpyDeviceToHost, stream_);
-  if (err == cudaSuccess) err = cudaStreamSynchronize(stream_);
-  if (err != cudaSuccess) {
-    (void)cudaGetLastError();
-    fail(Code::device, info().name + ": sum_squares failed: " + cudaGetErrorName(err) + " (" +
-                           cudaGetErrorString(err) + ")");
-  }
-  return result;
+  double sum = 0.0;
+  sum_squares_many(&x, &n, 1, &sum);
+  return sum;
 }
 
 void CudaDevice::sum_squares_many(const float* const* x, const uint64_t* n, size_t count, double* out) {
@@ -40,7 +23,7 @@ void CudaDevice::sum_squares_many(const float* const* x, const uint64_t* n, size
   activate();
   const unsigned blocks = std::min<unsigned>(cuda::kSumSquaresMaxBlocks, sm_count_ * 8);
   std::lock_guard<std::mutex> lock(mutex_);
-  if (!reduce_scratch_.data()) reduce_scratch_ = alloc((cuda::kSumSquaresMaxBlocks + 1) * sizeof(double));
+  if (!reduce_scratch_.data()) reduce_scratch_ = alloc(cuda::kSumSquaresMaxBlocks * sizeof(double));
   double* partial = reduce_scratch_.as<double>();
   // Each buffer's two kernels run after the previous buffer's on the stream, so one partial buffer
   // serves them all; the sums land in results_, read back once.
@@ -53,7 +36,7 @@ void CudaDevice::sum_squares_many(const float* const* x, const uint64_t* n, size
   if (err == cudaSuccess) err = cudaStreamSynchronize(stream_);
   if (err != cudaSuccess) {
     (void)cudaGetLastError();
-    fail(Code::device, info().name + ": sum_squares failed: " + cudaGetErrorName(err) + " (" +
+    fail(Code::device, info_.name + ": sum_squares failed: " + cudaGetErrorName(err) + " (" +
                            cudaGetErrorString(err) + ")");
   }
 }

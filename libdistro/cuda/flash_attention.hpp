@@ -23,6 +23,8 @@ namespace distro::cuda {
 // (A100, Hopper; not the 99 KB consumer parts), 217 KB for 256 (H100/H200 only). Other head sizes,
 // and these where false, keep the GEMM path (CudaDevice::attention_forward/backward).
 bool flash_attention_supported(int64_t head_dim);
+// The same, and the launchers take these sizes (batch and heads at most 65535, seq below 2^30).
+bool flash_attention_supported(int64_t batch, int64_t seq, int64_t heads, int64_t head_dim);
 
 // The alignment every [batch, seq, heads, head_dim] pointer must have (16-byte loads and stores);
 // lse and the scratch need only 4. A launcher given a misaligned pointer returns

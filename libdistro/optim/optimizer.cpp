@@ -218,15 +218,20 @@ uint64_t Optimizer::param_hash() {
   freeze();
   const size_t T = slots_.size();
   std::vector<const float*> data(T);
-  std::vector<uint64_t> numel(T), salt(T), sums(T);
+  std::vector<uint64_t> numel(T);
   for (size_t t = 0; t < T; ++t) {
     data[t] = params_on_device(slots_[t], manifest_.tensors[t], true);
     numel[t] = manifest_.tensors[t].numel;
-    salt[t] = tensor_salt(t);
   }
-  dev_->hash_many(data.data(), numel.data(), salt.data(), T, sums.data());
+  return parameter_hash(*dev_, data, numel);
+}
+
+uint64_t parameter_hash(Device& dev, const std::vector<const float*>& data, const std::vector<uint64_t>& numel) {
+  std::vector<uint64_t> salt(data.size()), sums(data.size());
+  for (size_t t = 0; t < data.size(); ++t) salt[t] = tensor_salt(t);
+  dev.hash_many(data.data(), numel.data(), salt.data(), data.size(), sums.data());
   uint64_t h = 0;
-  for (size_t t = 0; t < T; ++t) h = fold_hash(h, sums[t]);
+  for (uint64_t x : sums) h = fold_hash(h, x);
   return h;
 }
 

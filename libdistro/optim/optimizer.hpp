@@ -53,7 +53,7 @@ class Optimizer {
   PeerPayload compress(uint64_t step, float lr);
   // Applies a decoded merged update; the caller checked it against the manifest.
   void apply(const MergedUpdate& u);
-  uint64_t param_hash();
+  uint64_t param_hash();  // parameter_hash (below) of the tensors
 
   // Momentum of tensor t, copied to the host (tests and checkpoints).
   std::vector<float> momentum(size_t t);
@@ -86,5 +86,9 @@ class Optimizer {
   Manifest manifest_;
   bool frozen_ = false;
 };
+
+// The parameter hash of a replica (docs/protocol.md) from its tensors in manifest order, each in
+// `dev`'s memory: one batched pass (Device::hash_many), folded in order.
+uint64_t parameter_hash(Device& dev, const std::vector<const float*>& data, const std::vector<uint64_t>& numel);
 
 }  // namespace distro

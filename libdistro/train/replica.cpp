@@ -3,7 +3,6 @@
 #include <cmath>
 
 #include "backend/registry.hpp"
-#include "optim/hash_mix.hpp"
 #include "wire/codec.hpp"
 
 namespace distro {
@@ -125,12 +124,9 @@ uint64_t Replica::hash() {
   if (opt_) return opt_->param_hash();
   const auto& ts = model_->tensors();
   std::vector<const float*> data(ts.size());
-  std::vector<uint64_t> numel(ts.size()), salt(ts.size()), sums(ts.size());
-  for (size_t t = 0; t < ts.size(); ++t) data[t] = ts[t].param, numel[t] = ts[t].numel, salt[t] = tensor_salt(t);
-  dev_->hash_many(data.data(), numel.data(), salt.data(), ts.size(), sums.data());
-  uint64_t h = 0;
-  for (uint64_t x : sums) h = fold_hash(h, x);
-  return h;
+  std::vector<uint64_t> numel(ts.size());
+  for (size_t t = 0; t < ts.size(); ++t) data[t] = ts[t].param, numel[t] = ts[t].numel;
+  return parameter_hash(*dev_, data, numel);
 }
 
 size_t Replica::tensor_count() const { return model_->tensors().size(); }

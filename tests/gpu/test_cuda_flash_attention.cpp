@@ -161,6 +161,9 @@ TEST_CASE("cuda flash attention: bad arguments are refused", "[cuda][model][atte
   CHECK_FALSE(cuda::flash_attention_supported(20));
   CHECK_FALSE(cuda::flash_attention_supported(8));
   CHECK_FALSE(cuda::flash_attention_supported(0));
+  CHECK_FALSE(cuda::flash_attention_supported(70000, 16, 2, 64));  // past the grid's batch limit
+  CHECK_FALSE(cuda::flash_attention_supported(1, 16, 70000, 64));
+  CHECK(cuda::flash_attention_supported(1, 16, 2, 64) == cuda::flash_attention_supported(64));
   if (!cuda::flash_attention_supported(64)) return;
   const HeadShape s{1, 16, 2, 64};
   const size_t n = size_t(s.batch * s.seq * s.heads * s.head_dim);
