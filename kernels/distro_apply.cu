@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstdlib>
 
+#include "chunk_runs.cuh"
 #include "cuda/kernels.hpp"
 
 namespace distro::cuda {
@@ -19,12 +20,6 @@ namespace {
 
 constexpr unsigned kThreads = 256;
 constexpr unsigned kBatch = 512;  // merged entries staged in shared memory at a time
-
-__device__ __forceinline__ uint64_t chunk_origin(const ChunkShape& s, uint64_t c) {
-  const uint64_t cb = s.cols / s.n2, rb = s.rows / s.n1;
-  const uint64_t b = c / (rb * cb), rem = c % (rb * cb);
-  return b * s.rows * s.cols + (rem / cb) * s.n1 * s.cols + (rem % cb) * s.n2;
-}
 
 // flush_subnormal (optim/chunk_math.hpp): a float32 subnormal becomes a zero of the same sign.
 __device__ __forceinline__ float flush_subnormal(float x) {
@@ -52,10 +47,10 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
 
 __device__ __forceinline__ int sign_of(long long u) { return (u > 0) - (u < 0); }
 
-// Entries [o, o + u) of one chunk, clamped to a sane range.
-__device__ __forceinline__ void chunk_entries(const ApplyLaunch& p, uint64_t c, uint32_t& o, uint32_t& u) {
-  o = p.offset[c];
-  const uint32_t e = p.offset[c + 1];
+// Entries [o, o + u) of chunk c of a run, clamped to a sane range.
+__device__ __forceinline__ void chunk_entries(const ApplyRun& R, uint32_t c, uint32_t& o, uint32_t& u) {
+  o = R.offset[c];
+  const uint32_t e = R.offset[c + 1];
   u = e > o ? e - o : 0;
 }
 
@@ -70,19 +65,23 @@ struct Smem64 {
   int32_t eval[kBatch];
 };
 
-__global__ void __launch_bounds__(kThreads, 4) apply64_kernel(const ApplyLaunch p) {
+__global__ void __launch_bounds__(kThreads, 4) apply64_kernel(const __grid_constant__ ApplyLaunch p) {
   __shared__ __align__(16) Smem64 sm;
   const unsigned tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
   for (unsigned e = tid; e < 64 * 64; e += kThreads) sm.bt[e] = __ldg(p.bi1t + e);
   __syncthreads();
 
-  for (uint64_t c = blockIdx.x; c < p.shape.chunks; c += gridDim.x) {
+  uint32_t t = 0;  // this block's run
+  for (uint64_t g = blockIdx.x; g < p.chunks; g += gridDim.x) {
+    t = run_of(p.run, p.runs, g, t);
+    const ApplyRun& R = p.run[t];
+    const uint32_t c = uint32_t(g - R.at.begin);
     // The parameters are fetched into L2 now, so that the loads after the integer work hit it.
-    const uint64_t origin = chunk_origin(p.shape, c);
+    const uint64_t origin = chunk_origin(R.at, 64, 64, c), cols = R.at.cols;
 #pragma unroll
-    for (int a = 0; a < 4; ++a) prefetch_l2(p.params + origin + uint64_t(ty + 16 * a) * p.shape.cols + 4 * tx);
+    for (int a = 0; a < 4; ++a) prefetch_l2(R.params + origin + uint64_t(ty + 16 * a) * cols + 4 * tx);
     uint32_t o, u;
-    chunk_entries(p, c, o, u);
+    chunk_entries(R, c, o, u);
     long long acc[4][4];
 #pragma unroll
     for (int a = 0; a < 4; ++a)
@@ -92,8 +91,8 @@ __global__ void __launch_bounds__(kThreads, 4) apply64_kernel(const ApplyLaunch 
       const uint32_t nb = u - s0 < kBatch ? u - s0 : kBatch;
       bool small = true;
       for (uint32_t s = tid; s < nb; s += kThreads) {
-        uint32_t id = p.index[o + s0 + s];
-        int32_t v = p.value[o + s0 + s];
+        uint32_t id = R.index[o + s0 + s];
+        int32_t v = R.value[o + s0 + s];
         if (id >= 64 * 64) id = 0, v = 0;  // out of range: contributes nothing (the caller validated)
         sm.eidx[s] = uint16_t(id);
         sm.eval[s] = v;
@@ -136,7 +135,7 @@ __global__ void __launch_bounds__(kThreads, 4) apply64_kernel(const ApplyLaunch 
     }
 #pragma unroll
     for (int a = 0; a < 4; ++a) {
-      float4* ptr = reinterpret_cast<float4*>(p.params + origin + uint64_t(ty + 16 * a) * p.shape.cols + 4 * tx);
+      float4* ptr = reinterpret_cast<float4*>(R.params + origin + uint64_t(ty + 16 * a) * cols + 4 * tx);
       float4 t = *ptr;
       t.x = apply_element(t.x, p.decay, p.lr, sign_of(acc[a][0]));
       t.y = apply_element(t.y, p.decay, p.lr, sign_of(acc[a][1]));
@@ -164,22 +163,25 @@ struct SmemA {
   uint32_t ccount[2][4];  // per class; two sets used by alternate batches, so a reset needs no barrier
 };
 
-__global__ void __launch_bounds__(kThreads, 4) apply64f_kernel(const ApplyLaunch p) {
+__global__ void __launch_bounds__(kThreads, 4) apply64f_kernel(const __grid_constant__ ApplyLaunch p) {
   __shared__ __align__(16) SmemA sm;
   const unsigned tid = threadIdx.x, r = tid >> 3, c = tid & 7;
   for (unsigned e = tid; e < 64 * 64; e += kThreads) sm.bt[e] = __ldg(p.bi1t + e);
   if (tid < 8) sm.ccount[tid >> 2][tid & 3] = 0;
   __syncthreads();
-  const uint64_t cols = p.shape.cols;
   unsigned batch = 0;  // batches done by this block: batch & 1 picks the counter set
 
-  for (uint64_t ch = blockIdx.x; ch < p.shape.chunks; ch += gridDim.x) {
-    const uint64_t origin = chunk_origin(p.shape, ch);
+  uint32_t t = 0;  // this block's run
+  for (uint64_t gi = blockIdx.x; gi < p.chunks; gi += gridDim.x) {
+    t = run_of(p.run, p.runs, gi, t);
+    const ApplyRun& R = p.run[t];
+    const uint32_t ch = uint32_t(gi - R.at.begin);
+    const uint64_t cols = R.at.cols, origin = chunk_origin(R.at, 64, 64, ch);
     const uint64_t o0 = origin + uint64_t(r) * cols, o1 = origin + uint64_t(63 - r) * cols;
-    prefetch_l2(p.params + o0 + 4 * c), prefetch_l2(p.params + o0 + 60 - 4 * c);
-    prefetch_l2(p.params + o1 + 4 * c), prefetch_l2(p.params + o1 + 60 - 4 * c);
+    prefetch_l2(R.params + o0 + 4 * c), prefetch_l2(R.params + o0 + 60 - 4 * c);
+    prefetch_l2(R.params + o1 + 4 * c), prefetch_l2(R.params + o1 + 60 - 4 * c);
     uint32_t o, u;
-    chunk_entries(p, ch, o, u);
+    chunk_entries(R, ch, o, u);
     long long g[4][4];
 #pragma unroll
     for (int q = 0; q < 4; ++q)
@@ -190,8 +192,8 @@ __global__ void __launch_bounds__(kThreads, 4) apply64f_kernel(const ApplyLaunch
       uint32_t* count = sm.ccount[batch & 1];  // zero: reset during the previous batch (or at start)
       bool small = true;
       for (uint32_t s = tid; s < nb; s += kThreads) {
-        const uint32_t id = p.index[o + s0 + s];
-        const int32_t v = p.value[o + s0 + s];
+        const uint32_t id = R.index[o + s0 + s];
+        const int32_t v = R.value[o + s0 + s];
         if (id >= 64 * 64) continue;  // out of range: contributes nothing (the caller validated)
         const uint32_t cls = ((id >> 6) & 1) * 2 + (id & 1);
         const uint32_t pos = atomicAdd(&count[cls], 1u);
@@ -244,10 +246,10 @@ __global__ void __launch_bounds__(kThreads, 4) apply64f_kernel(const ApplyLaunch
       sg[2][d] = sign_of(e + f);
       sg[3][d] = sign_of(e - f);
     }
-    float4* p0 = reinterpret_cast<float4*>(p.params + o0 + 4 * c);
-    float4* p1 = reinterpret_cast<float4*>(p.params + o0 + 60 - 4 * c);
-    float4* p2 = reinterpret_cast<float4*>(p.params + o1 + 4 * c);
-    float4* p3 = reinterpret_cast<float4*>(p.params + o1 + 60 - 4 * c);
+    float4* p0 = reinterpret_cast<float4*>(R.params + o0 + 4 * c);
+    float4* p1 = reinterpret_cast<float4*>(R.params + o0 + 60 - 4 * c);
+    float4* p2 = reinterpret_cast<float4*>(R.params + o1 + 4 * c);
+    float4* p3 = reinterpret_cast<float4*>(R.params + o1 + 60 - 4 * c);
     float4 t0 = *p0, t1 = *p1, t2 = *p2, t3 = *p3;
     const float dec = p.decay, lr = p.lr;
     t0 = make_float4(apply_element(t0.x, dec, lr, sg[0][0]), apply_element(t0.y, dec, lr, sg[0][1]),
@@ -267,21 +269,24 @@ __global__ void __launch_bounds__(kThreads, 4) apply64f_kernel(const ApplyLaunch
 // Any n1, n2 <= 256: one element per thread at a time, the entries streamed through shared memory,
 // the tables read through the read-only cache.
 
-__global__ void __launch_bounds__(kThreads) apply_generic_kernel(const ApplyLaunch p) {
+__global__ void __launch_bounds__(kThreads) apply_generic_kernel(const __grid_constant__ ApplyLaunch p) {
   __shared__ uint16_t eidx[kBatch];
   __shared__ int32_t eval[kBatch];
-  const uint32_t n1 = p.shape.n1, n2 = p.shape.n2, E = n1 * n2;
-  const uint64_t cols = p.shape.cols;
+  const uint32_t n1 = p.n1, n2 = p.n2, E = n1 * n2;
 
-  for (uint64_t c = blockIdx.x; c < p.shape.chunks; c += gridDim.x) {
+  uint32_t t = 0;  // this block's run
+  for (uint64_t g = blockIdx.x; g < p.chunks; g += gridDim.x) {
+    t = run_of(p.run, p.runs, g, t);
+    const ApplyRun& R = p.run[t];
+    const uint32_t c = uint32_t(g - R.at.begin);
     uint32_t o, u;
-    chunk_entries(p, c, o, u);
-    const uint64_t origin = chunk_origin(p.shape, c);
+    chunk_entries(R, c, o, u);
+    const uint64_t cols = R.at.cols, origin = chunk_origin(R.at, n1, n2, c);
     const bool one_batch = u <= kBatch;
     if (one_batch) {
       for (uint32_t s = threadIdx.x; s < u; s += kThreads) {
-        eidx[s] = p.index[o + s];
-        eval[s] = p.value[o + s];
+        eidx[s] = R.index[o + s];
+        eval[s] = R.value[o + s];
       }
       __syncthreads();
     }
@@ -294,8 +299,8 @@ __global__ void __launch_bounds__(kThreads) apply_generic_kernel(const ApplyLaun
         if (!one_batch) {
           __syncthreads();
           for (uint32_t s = threadIdx.x; s < nb; s += kThreads) {
-            eidx[s] = p.index[o + s0 + s];
-            eval[s] = p.value[o + s0 + s];
+            eidx[s] = R.index[o + s0 + s];
+            eval[s] = R.value[o + s0 + s];
           }
           __syncthreads();
         }
@@ -309,7 +314,7 @@ __global__ void __launch_bounds__(kThreads) apply_generic_kernel(const ApplyLaun
         }
       }
       if (e < E) {
-        float* ptr = p.params + origin + uint64_t(i) * cols + j;
+        float* ptr = R.params + origin + uint64_t(i) * cols + j;
         *ptr = apply_element(*ptr, p.decay, p.lr, sign_of(acc));
       }
     }
@@ -320,9 +325,11 @@ __global__ void __launch_bounds__(kThreads) apply_generic_kernel(const ApplyLaun
 }  // namespace
 
 cudaError_t launch_apply(const ApplyLaunch& L, unsigned sm_count, cudaStream_t stream) {
-  if (L.shape.chunks == 0) return cudaSuccess;
+  if (L.chunks == 0 || L.runs == 0) return cudaSuccess;
   const unsigned sms = sm_count ? sm_count : 1;
-  const bool tiled = L.shape.n1 == 64 && L.shape.n2 == 64 && reinterpret_cast<uintptr_t>(L.params) % 16 == 0;
+  bool aligned = true;
+  for (uint32_t t = 0; t < L.runs; ++t) aligned = aligned && reinterpret_cast<uintptr_t>(L.run[t].params) % 16 == 0;
+  const bool tiled = L.n1 == 64 && L.n2 == 64 && aligned;
   // DISTRO_CUDA_APPLY_FOLD=0 selects the plain 64x64 kernel instead of the folded one (A/B, tests).
   const char* fold_env = std::getenv("DISTRO_CUDA_APPLY_FOLD");
   const bool fold = tiled && !(fold_env && fold_env[0] == '0');
@@ -334,7 +341,7 @@ cudaError_t launch_apply(const ApplyLaunch& L, unsigned sm_count, cudaStream_t s
   if (err != cudaSuccess) return err;
   if (per_sm < 1) per_sm = 1;
   const uint64_t want = uint64_t(sms) * unsigned(per_sm);
-  const unsigned grid = unsigned(L.shape.chunks < want ? L.shape.chunks : want);
+  const unsigned grid = unsigned(L.chunks < want ? L.chunks : want);
   if (fold)
     apply64f_kernel<<<grid, kThreads, 0, stream>>>(L);
   else if (tiled)

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <cstdlib>
 
+#include "chunk_runs.cuh"
 #include "cuda/kernels.hpp"
 
 namespace distro::cuda {
@@ -28,14 +29,6 @@ constexpr unsigned kWarps = kThreads / 32;
 constexpr unsigned kCandCap = kThreads;  // candidates of the fast selection: one per thread
 constexpr uint32_t kInfBits = 0x7F800000u;
 constexpr uint32_t kGenericSmemFloats = 10240;  // 40 KiB: the generic kernel's buffers in shared memory
-
-// ---------------------------------------------------------------------------------------------
-// Chunk geometry, as chunk_origin in optim/dct.hpp.
-__device__ __forceinline__ uint64_t chunk_origin(const ChunkShape& s, uint64_t c) {
-  const uint64_t cb = s.cols / s.n2, rb = s.rows / s.n1;
-  const uint64_t b = c / (rb * cb), rem = c % (rb * cb);
-  return b * s.rows * s.cols + (rem / cb) * s.n1 * s.cols + (rem % cb) * s.n2;
-}
 
 // The momentum of one element, with the CPU's roundings: beta * d + lr * g.
 __device__ __forceinline__ float momentum(float beta, float d, float lr, float g) {
@@ -318,7 +311,7 @@ struct Smem64 {
   SelectSmem sel;
 };
 
-__global__ void __launch_bounds__(kThreads, 3) compress64_kernel(const CompressLaunch p) {
+__global__ void __launch_bounds__(kThreads, 3) compress64_kernel(const __grid_constant__ CompressLaunch p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   Smem64& sm = *reinterpret_cast<Smem64*>(smem_raw);
   const unsigned tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
@@ -326,16 +319,21 @@ __global__ void __launch_bounds__(kThreads, 3) compress64_kernel(const CompressL
     *reinterpret_cast<float4*>(&sm.b[e]) = __ldg(reinterpret_cast<const float4*>(p.b1 + e));
   __syncthreads();
 
-  for (uint64_t c = blockIdx.x; c < p.shape.chunks; c += gridDim.x) {
-    const uint64_t origin = chunk_origin(p.shape, c);
-    const uint64_t cols = p.shape.cols;
+  uint32_t t = 0;  // this block's run
+  for (uint64_t g = blockIdx.x; g < p.chunks; g += gridDim.x) {
+    t = run_of(p.run, p.runs, g, t);
+    const CompressRun& R = p.run[t];
+    const uint32_t c = uint32_t(g - R.at.begin);
+    const uint64_t origin = chunk_origin(R.at, 64, 64, c);
+    const uint64_t cols = R.at.cols;
 
-    if (c + gridDim.x < p.shape.chunks) {  // the next chunk's inputs into L2 meanwhile
-      const uint64_t nx = chunk_origin(p.shape, c + gridDim.x);
+    if (g + gridDim.x < p.chunks) {  // the next chunk's inputs into L2 meanwhile
+      const CompressRun& N = p.run[run_of(p.run, p.runs, g + gridDim.x, t)];
+      const uint64_t nx = chunk_origin(N.at, 64, 64, uint32_t(g + gridDim.x - N.at.begin));
 #pragma unroll
       for (int a = 0; a < 4; ++a) {
-        prefetch_l2(p.grad + nx + uint64_t(ty + 16 * a) * cols + 4 * tx);
-        prefetch_l2(p.delta + nx + uint64_t(ty + 16 * a) * cols + 4 * tx);
+        prefetch_l2(N.grad + nx + uint64_t(ty + 16 * a) * N.at.cols + 4 * tx);
+        prefetch_l2(N.delta + nx + uint64_t(ty + 16 * a) * N.at.cols + 4 * tx);
       }
     }
 
@@ -344,12 +342,12 @@ __global__ void __launch_bounds__(kThreads, 3) compress64_kernel(const CompressL
 #pragma unroll
     for (int a = 0; a < 4; ++a) {
       const uint64_t o = origin + uint64_t(ty + 16 * a) * cols + 4 * tx;
-      const float4 g = __ldg(reinterpret_cast<const float4*>(p.grad + o));
-      const float4 d = *reinterpret_cast<const float4*>(p.delta + o);
-      x[a][0] = momentum(p.beta, d.x, p.lr, g.x);
-      x[a][1] = momentum(p.beta, d.y, p.lr, g.y);
-      x[a][2] = momentum(p.beta, d.z, p.lr, g.z);
-      x[a][3] = momentum(p.beta, d.w, p.lr, g.w);
+      const float4 gr = __ldg(reinterpret_cast<const float4*>(R.grad + o));
+      const float4 d = *reinterpret_cast<const float4*>(R.delta + o);
+      x[a][0] = momentum(p.beta, d.x, p.lr, gr.x);
+      x[a][1] = momentum(p.beta, d.y, p.lr, gr.y);
+      x[a][2] = momentum(p.beta, d.z, p.lr, gr.z);
+      x[a][3] = momentum(p.beta, d.w, p.lr, gr.w);
       *reinterpret_cast<float4*>(&sm.xs[(ty + 16 * a) * kXs + 4 * tx]) =
           make_float4(x[a][0], x[a][1], x[a][2], x[a][3]);
     }
@@ -411,10 +409,10 @@ __global__ void __launch_bounds__(kThreads, 3) compress64_kernel(const CompressL
     __syncthreads();
 
     // 3-4. Selection and values.
-    uint16_t* out_idx = p.index + c * p.k;
+    uint16_t* out_idx = R.index + uint64_t(c) * p.k;
     const uint32_t cnt = select_chunk(Y, 64 * 64, p.k, sm.sel, out_idx, Linear{});
-    emit_values(Y, out_idx, cnt, p.value_mode, p.value + c * p.k, sm.sel, Linear{});
-    if (tid == 0) p.count[c] = uint16_t(cnt);
+    emit_values(Y, out_idx, cnt, p.value_mode, R.value + uint64_t(c) * p.k, sm.sel, Linear{});
+    if (tid == 0) R.count[c] = uint16_t(cnt);
 
     // 5. Feedback: X -= W V with W[i][s] = B[i][f1_s] y_s and V[s][j] = B[j][f2_s], 32 terms at a time.
     float fb[4][4];
@@ -460,7 +458,7 @@ __global__ void __launch_bounds__(kThreads, 3) compress64_kernel(const CompressL
 #pragma unroll
     for (int a = 0; a < 4; ++a) {
       const uint64_t o = origin + uint64_t(ty + 16 * a) * cols + 4 * tx;
-      *reinterpret_cast<float4*>(p.delta + o) =
+      *reinterpret_cast<float4*>(R.delta + o) =
           make_float4(__fsub_rn(x[a][0], fb[a][0]), __fsub_rn(x[a][1], fb[a][1]),
                       __fsub_rn(x[a][2], fb[a][2]), __fsub_rn(x[a][3], fb[a][3]));
     }
@@ -504,16 +502,16 @@ __device__ __forceinline__ float4 f4(float a, float b, float c, float d) { retur
 
 // The momentum of the 16 elements thread (r, c) of the folded kernel owns: x[g][d] for
 // g = (r, j), (r, 63 - j), (63 - r, j), (63 - r, 63 - j), j = 4c + d (o0, o1: rows r and 63 - r).
-__device__ __forceinline__ void momentum_mirrors(const CompressLaunch& p, uint64_t o0, uint64_t o1, unsigned c,
-                                                 float (&x)[4][4]) {
-  const float4 g0 = __ldg(reinterpret_cast<const float4*>(p.grad + o0 + 4 * c));
-  const float4 g1 = __ldg(reinterpret_cast<const float4*>(p.grad + o0 + 60 - 4 * c));
-  const float4 g2 = __ldg(reinterpret_cast<const float4*>(p.grad + o1 + 4 * c));
-  const float4 g3 = __ldg(reinterpret_cast<const float4*>(p.grad + o1 + 60 - 4 * c));
-  const float4 d0 = *reinterpret_cast<const float4*>(p.delta + o0 + 4 * c);
-  const float4 d1 = *reinterpret_cast<const float4*>(p.delta + o0 + 60 - 4 * c);
-  const float4 d2 = *reinterpret_cast<const float4*>(p.delta + o1 + 4 * c);
-  const float4 d3 = *reinterpret_cast<const float4*>(p.delta + o1 + 60 - 4 * c);
+__device__ __forceinline__ void momentum_mirrors(const CompressLaunch& p, const CompressRun& R, uint64_t o0,
+                                                 uint64_t o1, unsigned c, float (&x)[4][4]) {
+  const float4 g0 = __ldg(reinterpret_cast<const float4*>(R.grad + o0 + 4 * c));
+  const float4 g1 = __ldg(reinterpret_cast<const float4*>(R.grad + o0 + 60 - 4 * c));
+  const float4 g2 = __ldg(reinterpret_cast<const float4*>(R.grad + o1 + 4 * c));
+  const float4 g3 = __ldg(reinterpret_cast<const float4*>(R.grad + o1 + 60 - 4 * c));
+  const float4 d0 = *reinterpret_cast<const float4*>(R.delta + o0 + 4 * c);
+  const float4 d1 = *reinterpret_cast<const float4*>(R.delta + o0 + 60 - 4 * c);
+  const float4 d2 = *reinterpret_cast<const float4*>(R.delta + o1 + 4 * c);
+  const float4 d3 = *reinterpret_cast<const float4*>(R.delta + o1 + 60 - 4 * c);
 #pragma unroll
   for (int d = 0; d < 4; ++d) {
     x[0][d] = momentum(p.beta, comp(d0, d), p.lr, comp(g0, d));
@@ -527,7 +525,7 @@ __device__ __forceinline__ void momentum_mirrors(const CompressLaunch& p, uint64
 // SM) instead of recomputing it from its inputs, then in L2, at the end (64 registers, 4 blocks per
 // SM, the default). DISTRO_CUDA_DCT_KEEPX=1 selects the former (A/B timing).
 template <bool KeepX>
-__global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(const CompressLaunch p) {
+__global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(const __grid_constant__ CompressLaunch p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   SmemF& sm = *reinterpret_cast<SmemF*>(smem_raw);
   const unsigned tid = threadIdx.x;
@@ -539,25 +537,29 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
   const unsigned r = tid >> 3, c = tid & 7;                          // loads, fold, feedback, stores
   const unsigned quad = tid >> 6, qy = (tid & 63) >> 3, qx = tid & 7;  // transforms
   const unsigned qp = quad >> 1, qq = quad & 1;
-  const uint64_t cols = p.shape.cols;
 
-  for (uint64_t ch = blockIdx.x; ch < p.shape.chunks; ch += gridDim.x) {
-    const uint64_t origin = chunk_origin(p.shape, ch);
+  uint32_t t = 0;  // this block's run
+  for (uint64_t g = blockIdx.x; g < p.chunks; g += gridDim.x) {
+    t = run_of(p.run, p.runs, g, t);
+    const CompressRun& R = p.run[t];
+    const uint32_t ch = uint32_t(g - R.at.begin);
+    const uint64_t cols = R.at.cols, origin = chunk_origin(R.at, 64, 64, ch);
     const uint64_t o0 = origin + uint64_t(r) * cols, o1 = origin + uint64_t(63 - r) * cols;
 
     // The next chunk's gradient and momentum are fetched into L2 while this one is computed.
-    if (ch + gridDim.x < p.shape.chunks) {
-      const uint64_t nx = chunk_origin(p.shape, ch + gridDim.x);
-      const uint64_t n0 = nx + uint64_t(r) * cols, n1 = nx + uint64_t(63 - r) * cols;
-      prefetch_l2(p.grad + n0 + 4 * c), prefetch_l2(p.grad + n0 + 60 - 4 * c);
-      prefetch_l2(p.grad + n1 + 4 * c), prefetch_l2(p.grad + n1 + 60 - 4 * c);
-      prefetch_l2(p.delta + n0 + 4 * c), prefetch_l2(p.delta + n0 + 60 - 4 * c);
-      prefetch_l2(p.delta + n1 + 4 * c), prefetch_l2(p.delta + n1 + 60 - 4 * c);
+    if (g + gridDim.x < p.chunks) {
+      const CompressRun& N = p.run[run_of(p.run, p.runs, g + gridDim.x, t)];
+      const uint64_t nx = chunk_origin(N.at, 64, 64, uint32_t(g + gridDim.x - N.at.begin));
+      const uint64_t n0 = nx + uint64_t(r) * N.at.cols, n1 = nx + uint64_t(63 - r) * N.at.cols;
+      prefetch_l2(N.grad + n0 + 4 * c), prefetch_l2(N.grad + n0 + 60 - 4 * c);
+      prefetch_l2(N.grad + n1 + 4 * c), prefetch_l2(N.grad + n1 + 60 - 4 * c);
+      prefetch_l2(N.delta + n0 + 4 * c), prefetch_l2(N.delta + n0 + 60 - 4 * c);
+      prefetch_l2(N.delta + n1 + 4 * c), prefetch_l2(N.delta + n1 + 60 - 4 * c);
     }
 
     // 1. Momentum, folded into the four quadrants.
     float x[4][4];
-    momentum_mirrors(p, o0, o1, c, x);
+    momentum_mirrors(p, R, o0, o1, c, x);
     {
       float q00[4], q01[4], q10[4], q11[4];
 #pragma unroll
@@ -642,7 +644,7 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
     // comes before any thread reads another's Y.
 
     // 3-4. Selection and values.
-    uint16_t* out_idx = p.index + ch * p.k;
+    uint16_t* out_idx = R.index + uint64_t(ch) * p.k;
     const uint32_t ybase = quad * 1024 + (4 * qy) * 32 + 4 * qx;
     const auto own_regs = [&](auto&& f) {
 #pragma unroll
@@ -659,8 +661,8 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
       }
     };
     const uint32_t cnt = select_chunk_owned(Y, 64 * 64, p.k, sm.sel, out_idx, Quad64{}, own_regs, own_smem);
-    emit_values(Y, out_idx, cnt, p.value_mode, p.value + ch * p.k, sm.sel, Quad64{});
-    if (tid == 0) p.count[ch] = uint16_t(cnt);
+    emit_values(Y, out_idx, cnt, p.value_mode, R.value + uint64_t(ch) * p.k, sm.sel, Quad64{});
+    if (tid == 0) R.count[ch] = uint16_t(cnt);
 
     // 5. Feedback, folded like the transform. A selected coefficient (f1, f2, y) of parity class
     // q = 2 (f1 & 1) + (f2 & 1) adds w v with w = B[i][f1] y, v = B[j][f2] to G_q[i][j] (i, j < 32);
@@ -716,7 +718,7 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
       __syncthreads();
     }
     // Unless kept, the momentum again from the same inputs (still in L2): the same bits as before.
-    if constexpr (!KeepX) momentum_mirrors(p, o0, o1, c, x);
+    if constexpr (!KeepX) momentum_mirrors(p, R, o0, o1, c, x);
     float out[4][4];
 #pragma unroll
     for (int d = 0; d < 4; ++d) {
@@ -727,10 +729,10 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
       out[2][d] = __fsub_rn(x[2][d], __fadd_rn(e, f));
       out[3][d] = __fsub_rn(x[3][d], __fsub_rn(e, f));
     }
-    *reinterpret_cast<float4*>(p.delta + o0 + 4 * c) = f4(out[0][0], out[0][1], out[0][2], out[0][3]);
-    *reinterpret_cast<float4*>(p.delta + o0 + 60 - 4 * c) = f4(out[1][3], out[1][2], out[1][1], out[1][0]);
-    *reinterpret_cast<float4*>(p.delta + o1 + 4 * c) = f4(out[2][0], out[2][1], out[2][2], out[2][3]);
-    *reinterpret_cast<float4*>(p.delta + o1 + 60 - 4 * c) = f4(out[3][3], out[3][2], out[3][1], out[3][0]);
+    *reinterpret_cast<float4*>(R.delta + o0 + 4 * c) = f4(out[0][0], out[0][1], out[0][2], out[0][3]);
+    *reinterpret_cast<float4*>(R.delta + o0 + 60 - 4 * c) = f4(out[1][3], out[1][2], out[1][1], out[1][0]);
+    *reinterpret_cast<float4*>(R.delta + o1 + 4 * c) = f4(out[2][0], out[2][1], out[2][2], out[2][3]);
+    *reinterpret_cast<float4*>(R.delta + o1 + 60 - 4 * c) = f4(out[3][3], out[3][2], out[3][1], out[3][0]);
     __syncthreads();  // Y and the selection's shared memory are reused by the next chunk
   }
 }
@@ -740,21 +742,25 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
 // memory when they fit in kGenericSmemFloats, else in this block's slice of the global workspace.
 // Bases are read through the read-only cache.
 
-__global__ void __launch_bounds__(kThreads) compress_generic_kernel(const CompressLaunch p, int in_smem) {
+__global__ void __launch_bounds__(kThreads) compress_generic_kernel(const __grid_constant__ CompressLaunch p,
+                                                                   int in_smem) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ SelectSmem sel;
-  const uint32_t n1 = p.shape.n1, n2 = p.shape.n2, E = n1 * n2;
+  const uint32_t n1 = p.n1, n2 = p.n2, E = n1 * n2;
   float* ws = in_smem ? reinterpret_cast<float*>(smem_raw) : p.workspace + uint64_t(blockIdx.x) * 3ull * E;
   float* X = ws;
   float* T = ws + E;
   float* Y = ws + 2 * E;
-  const uint64_t cols = p.shape.cols;
 
-  for (uint64_t c = blockIdx.x; c < p.shape.chunks; c += gridDim.x) {
-    const uint64_t origin = chunk_origin(p.shape, c);
+  uint32_t t = 0;  // this block's run
+  for (uint64_t g = blockIdx.x; g < p.chunks; g += gridDim.x) {
+    t = run_of(p.run, p.runs, g, t);
+    const CompressRun& R = p.run[t];
+    const uint32_t c = uint32_t(g - R.at.begin);
+    const uint64_t cols = R.at.cols, origin = chunk_origin(R.at, n1, n2, c);
     for (uint32_t e = threadIdx.x; e < E; e += kThreads) {
       const uint64_t o = origin + uint64_t(e / n2) * cols + e % n2;
-      X[e] = momentum(p.beta, p.delta[o], p.lr, __ldg(p.grad + o));
+      X[e] = momentum(p.beta, R.delta[o], p.lr, __ldg(R.grad + o));
     }
     __syncthreads();
     for (uint32_t e = threadIdx.x; e < E; e += kThreads) {
@@ -772,10 +778,10 @@ __global__ void __launch_bounds__(kThreads) compress_generic_kernel(const Compre
     }
     __syncthreads();
 
-    uint16_t* out_idx = p.index + c * p.k;
+    uint16_t* out_idx = R.index + uint64_t(c) * p.k;
     const uint32_t cnt = select_chunk(Y, E, p.k, sel, out_idx, Linear{});
-    emit_values(Y, out_idx, cnt, p.value_mode, p.value + c * p.k, sel, Linear{});
-    if (threadIdx.x == 0) p.count[c] = uint16_t(cnt);
+    emit_values(Y, out_idx, cnt, p.value_mode, R.value + uint64_t(c) * p.k, sel, Linear{});
+    if (threadIdx.x == 0) R.count[c] = uint16_t(cnt);
 
     for (uint32_t e = threadIdx.x; e < E; e += kThreads) {
       const uint32_t i = e / n2, j = e % n2;
@@ -785,7 +791,7 @@ __global__ void __launch_bounds__(kThreads) compress_generic_kernel(const Compre
         const float w = __fmul_rn(__ldg(p.b1 + i * n1 + id / n2), Y[id]);
         acc = __fmaf_rn(w, __ldg(p.b2 + j * n2 + id % n2), acc);
       }
-      p.delta[origin + uint64_t(i) * cols + j] = __fsub_rn(X[e], acc);
+      R.delta[origin + uint64_t(i) * cols + j] = __fsub_rn(X[e], acc);
     }
     __syncthreads();
   }
@@ -831,18 +837,20 @@ __global__ void __launch_bounds__(kThreads) nonfinite4_kernel(const float4* __re
 
 cudaError_t plan_compress(const CompressLaunch& L, unsigned sm_count, CompressPlan* plan) {
   CompressPlan out;
-  const ChunkShape& s = L.shape;
-  const uint64_t E = uint64_t(s.n1) * s.n2;
+  const uint64_t E = uint64_t(L.n1) * L.n2;
   const unsigned sms = sm_count ? sm_count : 1;
-  const bool aligned = (reinterpret_cast<uintptr_t>(L.grad) % 16 == 0) &&
-                       (reinterpret_cast<uintptr_t>(L.delta) % 16 == 0);
+  bool aligned = true;
+  for (uint32_t t = 0; t < L.runs; ++t)
+    aligned = aligned && reinterpret_cast<uintptr_t>(L.run[t].grad) % 16 == 0 &&
+              reinterpret_cast<uintptr_t>(L.run[t].delta) % 16 == 0;
+  const bool tiled = L.n1 == 64 && L.n2 == 64 && aligned;
   int per_sm = 0;
   // DISTRO_CUDA_DCT_FOLD=0 selects the plain 64x64 kernel instead of the folded one (A/B timing).
   const char* fold_env = std::getenv("DISTRO_CUDA_DCT_FOLD");
   const bool fold = !(fold_env && fold_env[0] == '0');
   const char* keep_env = std::getenv("DISTRO_CUDA_DCT_KEEPX");
   const bool keep = keep_env && keep_env[0] == '1';
-  if (s.n1 == 64 && s.n2 == 64 && aligned && fold) {
+  if (tiled && fold) {
     out.kernel = keep ? 4 : 3;
     out.smem = sizeof(SmemF);
     auto* kern = keep ? compress64f_kernel<true> : compress64f_kernel<false>;
@@ -850,7 +858,7 @@ cudaError_t plan_compress(const CompressLaunch& L, unsigned sm_count, CompressPl
     if (err != cudaSuccess) return err;
     err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, kThreads, out.smem);
     if (err != cudaSuccess) return err;
-  } else if (s.n1 == 64 && s.n2 == 64 && aligned) {
+  } else if (tiled) {
     out.kernel = 1;
     out.smem = sizeof(Smem64);
     cudaError_t err = cudaFuncSetAttribute(compress64_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -872,14 +880,14 @@ cudaError_t plan_compress(const CompressLaunch& L, unsigned sm_count, CompressPl
   }
   if (per_sm < 1) per_sm = 1;
   const uint64_t want = uint64_t(sms) * unsigned(per_sm);
-  out.grid = unsigned(s.chunks < want ? (s.chunks ? s.chunks : 1) : want);
+  out.grid = unsigned(L.chunks < want ? (L.chunks ? L.chunks : 1) : want);
   if (out.kernel == 2 && out.smem == 0) out.workspace_floats = uint64_t(out.grid) * 3 * E;
   *plan = out;
   return cudaSuccess;
 }
 
 cudaError_t launch_compress(const CompressLaunch& L, const CompressPlan& plan, cudaStream_t stream) {
-  if (L.shape.chunks == 0) return cudaSuccess;
+  if (L.chunks == 0 || L.runs == 0) return cudaSuccess;
   if (plan.kernel == 3)
     compress64f_kernel<false><<<plan.grid, kThreads, plan.smem, stream>>>(L);
   else if (plan.kernel == 4)

@@ -126,6 +126,17 @@ class Device {
   virtual void compress(const CompressArgs&) { unsupported("compress"); }
   virtual void apply(const ApplyArgs&) { unsupported("apply"); }
   virtual void adamw(const AdamWArgs&) { unsupported("adamw"); }
+  // compress (apply) of `count` tensors at once: the same results as calling compress (apply) on
+  // each, in an order the device chooses (a GPU runs many tensors in one launch, so that the model
+  // pays one launch tail instead of one per tensor). The tensors must not share memory. Errors as
+  // for the single ops; a device that batches checks every tensor before it queues any work.
+  // Defaults call the single op on each tensor in order.
+  virtual void compress_many(const CompressArgs* args, size_t count) {
+    for (size_t i = 0; i < count; ++i) compress(args[i]);
+  }
+  virtual void apply_many(const ApplyArgs* args, size_t count) {
+    for (size_t i = 0; i < count; ++i) apply(args[i]);
+  }
   // Index of the first element whose next momentum beta * delta + lr * grad would not be finite (a
   // NaN or infinite gradient, or an overflow), or UINT64_MAX if there is none. Reads only.
   virtual uint64_t first_nonfinite_momentum(const float* delta, const float* grad, float beta, float lr,

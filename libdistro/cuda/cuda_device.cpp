@@ -3,10 +3,14 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
-#include <initializer_list>
-#include <utility>
 #include <cstdint>
+#include <cstring>
+#include <initializer_list>
+#include <memory>
 #include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
 
 #include "backend/registry.hpp"
 #include "cuda/cublaslt_gemm.hpp"
@@ -234,7 +238,7 @@ float* CudaDevice::workspace(uint64_t floats) {
 namespace {
 
 // The chunk plan of a tensor, checked: a kernel trusts these numbers for every address it forms.
-cuda::ChunkShape checked_shape(const TensorPlan* p, const std::string& dev, const char* op) {
+cuda::ChunkRun checked_run(const TensorPlan* p, const std::string& dev, const char* op) {
   if (!p) fail(Code::invalid_argument, dev + ": " + op + " without a tensor plan");
   const std::string where = dev + ": " + op + " of tensor '" + p->name + "': ";
   if (p->n1 < 1 || p->n1 > kMaxChunk || p->n2 < 1 || p->n2 > kMaxChunk)
@@ -243,13 +247,14 @@ cuda::ChunkShape checked_shape(const TensorPlan* p, const std::string& dev, cons
   if (p->rows % p->n1 != 0 || p->cols % p->n2 != 0 || p->batch * p->rows * p->cols != p->numel ||
       p->chunks != p->batch * (p->rows / p->n1) * (p->cols / p->n2))
     fail(Code::invalid_argument, where + "the chunk plan does not tile its shape");
-  cuda::ChunkShape s;
-  s.chunks = p->chunks;
-  s.rows = p->rows;
-  s.cols = p->cols;
-  s.n1 = p->n1;
-  s.n2 = p->n2;
-  return s;
+  if (p->chunks > UINT32_MAX)
+    fail(Code::unsupported, where + std::to_string(p->chunks) + " chunks; this device takes at most 2^32 - 1 per tensor");
+  cuda::ChunkRun r;
+  r.cols = p->cols;
+  r.chunks = uint32_t(p->chunks);
+  r.col_blocks = uint32_t(p->cols / p->n2);
+  r.batch_chunks = uint32_t((p->rows / p->n1) * (p->cols / p->n2));
+  return r;
 }
 
 // A misaligned kernel access is a sticky fault that breaks the device for the process: refuse first.
@@ -261,80 +266,160 @@ void check_aligned(const std::string& dev, const char* op,
                                        " bytes");
 }
 
-}  // namespace
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-void CudaDevice::compress(const CompressArgs& a) {
-  cuda::OpTimer::Scope timed(*timer_, "compress");
-  const cuda::ChunkShape shape = checked_shape(a.plan, info_.name, "compress");
-  const TensorPlan& p = *a.plan;
-  const uint32_t E = p.n1 * p.n2;
-  if (p.k < 1 || p.k > std::min<uint32_t>(E, 65535))
-    fail(Code::invalid_argument, info_.name + ": compress of tensor '" + p.name + "': k is " +
-                                     std::to_string(p.k) + "; expected 1.." + std::to_string(std::min<uint32_t>(E, 65535)));
-  if (a.values != ValueMode::sign && a.values != ValueMode::int8)
-    fail(Code::invalid_argument, info_.name + ": compress: value mode " + std::to_string(int(a.values)) +
-                                     " is neither sign (1) nor int8 (2)");
-  if (shape.chunks == 0) return;
-  activate();
-  check_range(a.grad, p.numel * 4, "grad", "compress");
-  check_range(a.delta, p.numel * 4, "delta", "compress");
-  check_range(a.count, p.chunks * 2, "count", "compress");
-  check_range(a.index, p.chunks * p.k * 2, "index", "compress");
-  check_range(a.value, p.chunks * p.k, "value", "compress");
-  check_aligned(info_.name, "compress", {{a.grad, 4}, {a.delta, 4}, {a.count, 2}, {a.index, 2}});
-
-  const Basis& b1 = basis(p.n1);
-  const Basis& b2 = basis(p.n2);
-  cuda::CompressLaunch L;
-  L.shape = shape;
-  L.k = p.k;
-  L.grad = a.grad;
-  L.delta = a.delta;
-  L.beta = a.beta;
-  L.lr = a.lr;
-  L.value_mode = int(a.values);
-  L.count = a.count;
-  L.index = a.index;
-  L.value = a.value;
-  L.b1 = b1.f32.as<float>();
-  L.b1t = b1.f32t.as<float>();
-  L.b2 = b2.f32.as<float>();
-  L.b2t = b2.f32t.as<float>();
-  cuda::CompressPlan plan;
-  DISTRO_CUDA_CHECK(cuda::plan_compress(L, sm_count_, &plan));
-  std::lock_guard<std::mutex> lock(workspace_mu_);
-  if (plan.workspace_floats > 0) L.workspace = workspace(plan.workspace_floats);
-  DISTRO_CUDA_CHECK(cuda::launch_compress(L, plan, stream_));
+uint32_t bits_of(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, sizeof b);
+  return b;
 }
 
-void CudaDevice::apply(const ApplyArgs& a) {
-  cuda::OpTimer::Scope timed(*timer_, "apply");
-  const cuda::ChunkShape shape = checked_shape(a.plan, info_.name, "apply");
-  const TensorPlan& p = *a.plan;
-  if (shape.chunks == 0) return;
-  activate();
-  check_range(a.offset, (p.chunks + 1) * 4, "offset", "apply");
-  check_range(a.params, p.numel * 4, "params", "apply");
-  // The entry arrays' lengths live in device memory (offset[chunks]); only their start is checked.
-  check_range(a.index, 2, "index", "apply");
-  check_range(a.value, 4, "value", "apply");
-  check_aligned(info_.name, "apply", {{a.offset, 4}, {a.params, 4}, {a.index, 2}, {a.value, 4}});
+// Launches being filled, one per kind of tensor that may share a launch (Key: what every run of a
+// launch must have in common). add() appends a run and hands a full launch to `go` first.
+template <class Key, class Launch, class Run>
+class Batcher {
+ public:
+  template <class Init, class Go>
+  void add(const Key& key, const Run& run, Init init, Go go) {
+    auto it = std::find_if(open_.begin(), open_.end(), [&](const auto& o) { return o.first == key; });
+    if (it == open_.end()) {
+      open_.emplace_back(key, std::make_unique<Launch>());
+      it = open_.end() - 1;
+      init(*it->second);
+    } else if (it->second->runs == cuda::kMaxRuns) {
+      go(*it->second);
+      it->second->runs = 0;
+      it->second->chunks = 0;
+    }
+    Launch& L = *it->second;
+    L.run[L.runs] = run;
+    L.run[L.runs].at.begin = L.chunks;
+    L.chunks += run.at.chunks;
+    ++L.runs;
+  }
+  template <class Go>
+  void finish(Go go) {
+    for (auto& o : open_)
+      if (o.second->runs) go(*o.second);
+    open_.clear();
+  }
 
-  const Basis& b1 = basis(p.n1);
-  const Basis& b2 = basis(p.n2);
-  cuda::ApplyLaunch L;
-  L.shape = shape;
-  L.offset = a.offset;
-  L.index = a.index;
-  L.value = a.value;
-  L.params = a.params;
-  L.lr = a.lr;
-  L.decay = a.decay_factor;
-  L.bi1 = b1.i14.as<int32_t>();
-  L.bi1t = b1.i14t.as<int32_t>();
-  L.bi2 = b2.i14.as<int32_t>();
-  L.bi2t = b2.i14t.as<int32_t>();
-  DISTRO_CUDA_CHECK(cuda::launch_apply(L, sm_count_, stream_));
+ private:
+  std::vector<std::pair<Key, std::unique_ptr<Launch>>> open_;
+};
+
+}  // namespace
+
+void CudaDevice::compress(const CompressArgs& a) { compress_many(&a, 1); }
+void CudaDevice::apply(const ApplyArgs& a) { apply_many(&a, 1); }
+
+void CudaDevice::compress_many(const CompressArgs* args, size_t count) {
+  cuda::OpTimer::Scope timed(*timer_, "compress");
+  activate();
+  // Every tensor is checked before anything is queued.
+  std::vector<cuda::CompressRun> runs(count);
+  for (size_t i = 0; i < count; ++i) {
+    const CompressArgs& a = args[i];
+    runs[i].at = checked_run(a.plan, info_.name, "compress");
+    const TensorPlan& p = *a.plan;
+    const uint32_t E = p.n1 * p.n2;
+    if (p.k < 1 || p.k > std::min<uint32_t>(E, 65535))
+      fail(Code::invalid_argument, info_.name + ": compress of tensor '" + p.name + "': k is " +
+                                       std::to_string(p.k) + "; expected 1.." + std::to_string(std::min<uint32_t>(E, 65535)));
+    if (a.values != ValueMode::sign && a.values != ValueMode::int8)
+      fail(Code::invalid_argument, info_.name + ": compress: value mode " + std::to_string(int(a.values)) +
+                                       " is neither sign (1) nor int8 (2)");
+    if (p.chunks == 0) continue;
+    check_range(a.grad, p.numel * 4, "grad", "compress");
+    check_range(a.delta, p.numel * 4, "delta", "compress");
+    check_range(a.count, p.chunks * 2, "count", "compress");
+    check_range(a.index, p.chunks * p.k * 2, "index", "compress");
+    check_range(a.value, p.chunks * p.k, "value", "compress");
+    check_aligned(info_.name, "compress", {{a.grad, 4}, {a.delta, 4}, {a.count, 2}, {a.index, 2}});
+    runs[i].grad = a.grad;
+    runs[i].delta = a.delta;
+    runs[i].count = a.count;
+    runs[i].index = a.index;
+    runs[i].value = a.value;
+  }
+
+  // Edges, k, scalars, value mode and whether the 64x64 kernels may run (16-byte aligned inputs).
+  using Key = std::tuple<uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, int, bool>;
+  const auto go = [&](cuda::CompressLaunch& L) {
+    cuda::CompressPlan plan;
+    DISTRO_CUDA_CHECK(cuda::plan_compress(L, sm_count_, &plan));
+    std::lock_guard<std::mutex> lock(workspace_mu_);
+    L.workspace = plan.workspace_floats > 0 ? workspace(plan.workspace_floats) : nullptr;
+    DISTRO_CUDA_CHECK(cuda::launch_compress(L, plan, stream_));
+  };
+  Batcher<Key, cuda::CompressLaunch, cuda::CompressRun> batches;
+  for (size_t i = 0; i < count; ++i) {
+    const CompressArgs& a = args[i];
+    const TensorPlan& p = *a.plan;
+    if (p.chunks == 0) continue;
+    const Key key{p.n1, p.n2, p.k, bits_of(a.beta), bits_of(a.lr), int(a.values),
+                  aligned16(a.grad) && aligned16(a.delta)};
+    batches.add(key, runs[i], [&](cuda::CompressLaunch& L) {
+      const Basis& b1 = basis(p.n1);
+      const Basis& b2 = basis(p.n2);
+      L.n1 = p.n1;
+      L.n2 = p.n2;
+      L.k = p.k;
+      L.beta = a.beta;
+      L.lr = a.lr;
+      L.value_mode = int(a.values);
+      L.b1 = b1.f32.as<float>();
+      L.b1t = b1.f32t.as<float>();
+      L.b2 = b2.f32.as<float>();
+      L.b2t = b2.f32t.as<float>();
+    }, go);
+  }
+  batches.finish(go);
+}
+
+void CudaDevice::apply_many(const ApplyArgs* args, size_t count) {
+  cuda::OpTimer::Scope timed(*timer_, "apply");
+  activate();
+  std::vector<cuda::ApplyRun> runs(count);
+  for (size_t i = 0; i < count; ++i) {
+    const ApplyArgs& a = args[i];
+    runs[i].at = checked_run(a.plan, info_.name, "apply");
+    const TensorPlan& p = *a.plan;
+    if (p.chunks == 0) continue;
+    check_range(a.offset, (p.chunks + 1) * 4, "offset", "apply");
+    check_range(a.params, p.numel * 4, "params", "apply");
+    // The entry arrays' lengths live in device memory (offset[chunks]); only their start is checked.
+    check_range(a.index, 2, "index", "apply");
+    check_range(a.value, 4, "value", "apply");
+    check_aligned(info_.name, "apply", {{a.offset, 4}, {a.params, 4}, {a.index, 2}, {a.value, 4}});
+    runs[i].offset = a.offset;
+    runs[i].index = a.index;
+    runs[i].value = a.value;
+    runs[i].params = a.params;
+  }
+
+  using Key = std::tuple<uint32_t, uint32_t, uint32_t, uint32_t, bool>;  // edges, lr, decay, aligned
+  const auto go = [&](cuda::ApplyLaunch& L) { DISTRO_CUDA_CHECK(cuda::launch_apply(L, sm_count_, stream_)); };
+  Batcher<Key, cuda::ApplyLaunch, cuda::ApplyRun> batches;
+  for (size_t i = 0; i < count; ++i) {
+    const ApplyArgs& a = args[i];
+    const TensorPlan& p = *a.plan;
+    if (p.chunks == 0) continue;
+    const Key key{p.n1, p.n2, bits_of(a.lr), bits_of(a.decay_factor), aligned16(a.params)};
+    batches.add(key, runs[i], [&](cuda::ApplyLaunch& L) {
+      const Basis& b1 = basis(p.n1);
+      const Basis& b2 = basis(p.n2);
+      L.n1 = p.n1;
+      L.n2 = p.n2;
+      L.lr = a.lr;
+      L.decay = a.decay_factor;
+      L.bi1 = b1.i14.as<int32_t>();
+      L.bi1t = b1.i14t.as<int32_t>();
+      L.bi2 = b2.i14.as<int32_t>();
+      L.bi2t = b2.i14t.as<int32_t>();
+    }, go);
+  }
+  batches.finish(go);
 }
 
 uint64_t CudaDevice::first_nonfinite_momentum(const float* delta, const float* grad, float beta, float lr,

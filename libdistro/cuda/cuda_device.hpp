@@ -58,9 +58,13 @@ class CudaDevice final : public Device {
 
   // The DisTrO optimizer ops (kernels/distro_compress.cu, kernels/distro_apply.cu). Every pointer
   // is device memory of this device; a buffer allocated through this object is also checked for
-  // its size. compress and apply are queued; first_nonfinite_momentum waits for its answer.
+  // its size. compress and apply are queued; first_nonfinite_momentum waits for its answer. The
+  // _many forms check every tensor first, then launch tensors of the same chunk edges and scalars
+  // together, up to cuda::kMaxRuns per launch; the single ops are the _many ones with one tensor.
   void compress(const CompressArgs& a) override;
   void apply(const ApplyArgs& a) override;
+  void compress_many(const CompressArgs* args, size_t count) override;
+  void apply_many(const ApplyArgs* args, size_t count) override;
   uint64_t first_nonfinite_momentum(const float* delta, const float* grad, float beta, float lr,
                                     uint64_t n) override;
 

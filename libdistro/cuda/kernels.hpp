@@ -27,33 +27,49 @@ cudaError_t kernels_loadable();
 
 // ---- DisTrO optimizer ops (kernels/distro_compress.cu, kernels/distro_apply.cu) ----
 
-// One tensor seen as [batch, rows, cols] cut into n1 x n2 chunks (optim/manifest.hpp TensorPlan):
-// chunk c = (b, row block, column block), batch-major.
-struct ChunkShape {
-  uint64_t chunks = 0;
-  uint64_t rows = 1, cols = 1;  // per batch entry; rows % n1 == 0, cols % n2 == 0
-  uint32_t n1 = 1, n2 = 1;      // 1..256
+// A compress or apply launch covers one or more tensors ("runs") of the same chunk edges n1 x n2,
+// up to kMaxRuns of them: its chunks are numbered 0 .. chunks - 1 across the runs, run after run, and
+// a persistent grid loops over that sequence, so one launch has one tail instead of one per tensor.
+// The run table travels in the kernel's parameters (under the 4 KiB every CUDA version takes).
+inline constexpr unsigned kMaxRuns = 48;
+
+// Where one tensor's chunks lie: the tensor seen as [batch, rows, cols] cut into n1 x n2 chunks
+// (optim/manifest.hpp TensorPlan); its chunk c = (batch entry, row block, column block), batch-major.
+struct ChunkRun {
+  uint64_t begin = 0;          // launch-wide number of its chunk 0 (runs in order, contiguous from 0)
+  uint64_t cols = 1;           // elements per row; cols % n2 == 0
+  uint32_t chunks = 0;         // >= 1
+  uint32_t col_blocks = 1;     // cols / n2
+  uint32_t batch_chunks = 1;   // chunks per batch entry: (rows / n1) * col_blocks
 };
 
-// The compress of one tensor (CompressArgs in backend/device.hpp): momentum, block DCT with float32
-// accumulation, per-chunk top-k of |Y| (ties to the lowest index, indices ascending), quantised
-// values, and error feedback of the selected full-precision coefficients. Bases are float32 tables
-// in device memory, row-major B[i * n + f] and transposed Bt[f * n + i] (16-byte aligned).
-struct CompressLaunch {
-  ChunkShape shape;
-  uint32_t k = 1;           // slots per chunk, 1..min(n1 * n2, 65535)
+// One tensor of a compress (CompressArgs in backend/device.hpp).
+struct CompressRun {
+  ChunkRun at;
   const float* grad = nullptr;
   float* delta = nullptr;
+  uint16_t* count = nullptr;  // chunks
+  uint16_t* index = nullptr;  // chunks * k
+  int8_t* value = nullptr;    // chunks * k
+};
+
+// The compress of the runs: momentum, block DCT with float32 accumulation, per-chunk top-k of |Y|
+// (ties to the lowest index, indices ascending), quantised values, and error feedback of the
+// selected full-precision coefficients. Bases are float32 tables in device memory, row-major
+// B[i * n + f] and transposed Bt[f * n + i] (16-byte aligned).
+struct CompressLaunch {
+  uint32_t n1 = 1, n2 = 1;  // chunk edges, 1..256
+  uint32_t k = 1;           // slots per chunk, 1..min(n1 * n2, 65535)
   float beta = 0.0f, lr = 0.0f;
   int value_mode = 1;       // 1: sign, 2: int8 (ValueMode)
-  uint16_t* count = nullptr;
-  uint16_t* index = nullptr;
-  int8_t* value = nullptr;
   const float* b1 = nullptr;   // n1 x n1
   const float* b1t = nullptr;
   const float* b2 = nullptr;   // n2 x n2
   const float* b2t = nullptr;
   float* workspace = nullptr;  // global scratch, CompressPlan::workspace_floats floats (may be null when 0)
+  uint64_t chunks = 0;         // over all runs
+  uint32_t runs = 0;           // 1..kMaxRuns
+  CompressRun run[kMaxRuns];
 };
 
 // Which kernel runs and how: filled by plan_compress for the current device.
@@ -64,8 +80,8 @@ struct CompressPlan {
   uint64_t workspace_floats = 0;  // global scratch the generic kernel needs (0: it works in shared memory)
 };
 
-// Plans the compress of L on the current device (sm_count multiprocessors). The 64x64 kernel needs
-// grad and delta 16-byte aligned; otherwise the generic kernel runs.
+// Plans the compress of L on the current device (sm_count multiprocessors). The 64x64 kernels need
+// every run's grad and delta 16-byte aligned; otherwise the generic kernel runs.
 cudaError_t plan_compress(const CompressLaunch& L, unsigned sm_count, CompressPlan* plan);
 cudaError_t launch_compress(const CompressLaunch& L, const CompressPlan& plan, cudaStream_t stream);
 
@@ -74,24 +90,33 @@ cudaError_t launch_compress(const CompressLaunch& L, const CompressPlan& plan, c
 cudaError_t launch_first_nonfinite(const float* delta, const float* grad, float beta, float lr, uint64_t n,
                                    unsigned long long* out, unsigned max_blocks, cudaStream_t stream);
 
-// The exact apply of one tensor (ApplyArgs): per chunk the integer inverse DCT of the merged
-// entries [offset[c], offset[c+1]) over the i14 tables (int64, exact), its sign, then per element
-// theta = ftz(ftz(theta) * decay), theta = ftz(theta -/+ lr): the CPU's bits on every input.
-// Entries whose index is >= n1 * n2 are skipped (the caller validated the update).
-struct ApplyLaunch {
-  ChunkShape shape;
+// One tensor of an apply (ApplyArgs): its merged entries, chunk c owning [offset[c], offset[c+1]).
+struct ApplyRun {
+  ChunkRun at;
   const uint32_t* offset = nullptr;  // chunks + 1
   const uint16_t* index = nullptr;
   const int32_t* value = nullptr;
   float* params = nullptr;
+};
+
+// The exact apply of the runs: per chunk the integer inverse DCT of the merged entries over the
+// i14 tables (int64, exact), its sign, then per element theta = ftz(ftz(theta) * decay),
+// theta = ftz(theta -/+ lr): the CPU's bits on every input. Entries whose index is >= n1 * n2 are
+// skipped (the caller validated the update).
+struct ApplyLaunch {
+  uint32_t n1 = 1, n2 = 1;
   float lr = 0.0f, decay = 1.0f;
   const int32_t* bi1 = nullptr;   // round(B1 * 2^14), row-major [i * n1 + f]
   const int32_t* bi1t = nullptr;  // transposed [f * n1 + i]
   const int32_t* bi2 = nullptr;
   const int32_t* bi2t = nullptr;
+  uint64_t chunks = 0;  // over all runs
+  uint32_t runs = 0;    // 1..kMaxRuns
+  ApplyRun run[kMaxRuns];
 };
 
-// Grid and kernel choice are made inside (sm_count multiprocessors on the current device).
+// Grid and kernel choice are made inside (sm_count multiprocessors on the current device); the
+// 64x64 kernels need every run's params 16-byte aligned.
 cudaError_t launch_apply(const ApplyLaunch& L, unsigned sm_count, cudaStream_t stream);
 
 // ---- Model ops (kernels/elementwise.cu, embedding.cu, rmsnorm.cu, rope.cu, swiglu.cu,

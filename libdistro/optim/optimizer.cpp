@@ -132,9 +132,10 @@ PeerPayload Optimizer::compress(uint64_t step, float lr) {
     staging_.index = dev_->alloc(std::max<uint64_t>(1, manifest_.total_slots) * 2);
     staging_.value = dev_->alloc(std::max<uint64_t>(1, manifest_.total_slots));
   }
-  for (size_t t = 0; t < slots_.size(); ++t) {
+  std::vector<CompressArgs> args(T);
+  for (size_t t = 0; t < T; ++t) {
     const TensorPlan& p = manifest_.tensors[t];
-    CompressArgs a;
+    CompressArgs& a = args[t];
     a.plan = &p;
     a.grad = grads[t];
     a.delta = slots_[t].delta.as<float>();
@@ -144,8 +145,8 @@ PeerPayload Optimizer::compress(uint64_t step, float lr) {
     a.count = (host ? out.count.data() : staging_.count.as<uint16_t>()) + p.chunk_base;
     a.index = (host ? idx.data() : staging_.index.as<uint16_t>()) + p.slot_base;
     a.value = (host ? val.data() : staging_.value.as<int8_t>()) + p.slot_base;
-    dev_->compress(a);
   }
+  dev_->compress_many(args.data(), T);
   if (!host) {  // one copy of each array for the whole model (the device queues the compresses)
     dev_->download(out.count.data(), staging_.count.data(), manifest_.total_chunks * 2);
     dev_->download(idx.data(), staging_.index.data(), manifest_.total_slots * 2);
@@ -199,9 +200,10 @@ void Optimizer::apply(const MergedUpdate& u) {
     index = staging_.merged_index.as<uint16_t>();
     value = staging_.merged_value.as<int32_t>();
   }
+  std::vector<ApplyArgs> args(slots_.size());
   for (size_t t = 0; t < slots_.size(); ++t) {
     const TensorPlan& p = manifest_.tensors[t];
-    ApplyArgs a;
+    ApplyArgs& a = args[t];
     a.plan = &p;
     a.lr = u.lr;
     a.decay_factor = u.decay_factor;
@@ -209,9 +211,11 @@ void Optimizer::apply(const MergedUpdate& u) {
     a.offset = offset + p.chunk_base;
     a.index = index;
     a.value = value;
-    dev_->apply(a);
-    if (!resident_) dev_->download(slots_[t].params, a.params, p.numel * sizeof(float));
   }
+  dev_->apply_many(args.data(), args.size());
+  if (!resident_)
+    for (size_t t = 0; t < slots_.size(); ++t)
+      dev_->download(slots_[t].params, args[t].params, manifest_.tensors[t].numel * sizeof(float));
 }
 
 uint64_t Optimizer::param_hash() {

@@ -439,6 +439,165 @@ TEST_CASE("cuda optimizer: bad arguments are errors and the device keeps working
   CHECK(dc.get<uint16_t>()[0] == 4);
 }
 
+// compress_many / apply_many run many tensors per launch (up to cuda::kMaxRuns of one kind): every
+// tensor must come out exactly as from its own compress / apply call, across launches split at
+// kMaxRuns, kinds (64x64, rank-1 rows, 29-row chunks, rank-3, a misaligned 64x64 tensor that the
+// generic kernel takes) and scalars that differ between tensors.
+TEST_CASE("cuda optimizer: compress_many and apply_many equal the single ops tensor by tensor",
+          "[cuda][optimizer][batched]") {
+  auto gpu = open_gpu();
+  std::mt19937_64 rng(std::random_device{}());
+  const uint64_t seed = rng();
+  INFO("seed " << seed);
+  rng.seed(seed);
+  std::vector<TensorSpec> specs;
+  for (int i = 0; i < 61; ++i) {  // 61 + 2 of the folded kernel's kind: two launches (48 + 15)
+    specs.push_back({"m" + std::to_string(i), {64 * (1 + i % 3), 64 * (1 + i % 2)}});
+    if (i % 10 == 0) specs.push_back({"norm" + std::to_string(i), {64 + i}});
+  }
+  specs.push_back({"rows29", {29 * 2, 128}});
+  specs.push_back({"rank3", {2, 64, 128}});
+  specs.push_back({"misaligned", {64, 128}});
+  specs.push_back({"last", {128, 64}});
+  const Manifest m = make_manifest(specs, 64, 4, ValueMode::sign);
+  const size_t T = m.tensors.size();
+
+  struct Bufs {
+    std::unique_ptr<Guarded> grad, delta, params, count, index, value;
+    size_t shift = 0;  // bytes: the misaligned tensor's grad and params start 4 bytes in
+  };
+  auto make = [&](const std::vector<std::vector<float>>& g, const std::vector<std::vector<float>>& d,
+                  const std::vector<std::vector<float>>& w) {
+    std::vector<Bufs> b(T);
+    for (size_t t = 0; t < T; ++t) {
+      const TensorPlan& p = m.tensors[t];
+      b[t].shift = p.name == "misaligned" ? 4 : 0;
+      std::vector<float> gs(p.numel + 4), ws(p.numel + 4);
+      std::copy(g[t].begin(), g[t].end(), gs.begin() + b[t].shift / 4);
+      std::copy(w[t].begin(), w[t].end(), ws.begin() + b[t].shift / 4);
+      b[t].grad = std::make_unique<Guarded>(*gpu, gs.size() * 4, gs.data());
+      b[t].delta = std::make_unique<Guarded>(*gpu, p.numel * 4, d[t].data());
+      b[t].params = std::make_unique<Guarded>(*gpu, ws.size() * 4, ws.data());
+      b[t].count = std::make_unique<Guarded>(*gpu, p.chunks * 2);
+      b[t].index = std::make_unique<Guarded>(*gpu, p.chunks * p.k * 2);
+      b[t].value = std::make_unique<Guarded>(*gpu, p.chunks * p.k);
+    }
+    return b;
+  };
+  auto compress_args = [&](std::vector<Bufs>& b) {
+    std::vector<CompressArgs> a(T);
+    for (size_t t = 0; t < T; ++t) {
+      a[t].plan = &m.tensors[t];
+      a[t].grad = reinterpret_cast<const float*>(b[t].grad->data<uint8_t>() + b[t].shift);
+      a[t].delta = b[t].delta->data<float>();
+      a[t].beta = 0.999f;
+      a[t].lr = 1e-3f;
+      a[t].values = ValueMode::sign;
+      a[t].count = b[t].count->data<uint16_t>();
+      a[t].index = b[t].index->data<uint16_t>();
+      a[t].value = b[t].value->data<int8_t>();
+    }
+    return a;
+  };
+
+  for (const char* variant : {"10", "11", "00"}) {  // folded, folded keeping x, plain
+    const std::string fold(1, variant[0]), keep(1, variant[1]);
+    INFO("fold " << fold << ", keep " << keep);
+    setenv("DISTRO_CUDA_DCT_FOLD", fold.c_str(), 1);
+    setenv("DISTRO_CUDA_DCT_KEEPX", keep.c_str(), 1);
+    setenv("DISTRO_CUDA_APPLY_FOLD", fold.c_str(), 1);
+    std::vector<std::vector<float>> g(T), d(T), w(T);
+    for (size_t t = 0; t < T; ++t) {
+      g[t] = random_normal(m.tensors[t].numel, 1.0f, rng);
+      d[t] = random_normal(m.tensors[t].numel, 3e-3f, rng);
+      w[t] = random_params(m.tensors[t].numel, rng);
+    }
+    std::vector<Bufs> one = make(g, d, w), many = make(g, d, w);
+    std::vector<CompressArgs> a1 = compress_args(one), am = compress_args(many);
+    for (const CompressArgs& a : a1) gpu->compress(a);
+    gpu->compress_many(am.data(), am.size());
+    gpu->synchronize();
+
+    // The merged update of this payload, per tensor; half the tensors get another decay factor,
+    // so the apply runs launches of two kinds.
+    std::vector<TensorUpdate> ups(T);
+    std::vector<std::unique_ptr<Guarded>> uoff(T), uidx(T), uval(T);
+    std::vector<ApplyArgs> p1(T), pm(T);
+    for (size_t t = 0; t < T; ++t) {
+      const TensorPlan& p = m.tensors[t];
+      INFO("tensor " << p.name);
+      CHECK(one[t].count->get<uint16_t>() == many[t].count->get<uint16_t>());
+      const auto cnt = one[t].count->get<uint16_t>();
+      const auto i1 = one[t].index->get<uint16_t>(), im = many[t].index->get<uint16_t>();
+      const auto v1 = one[t].value->get<int8_t>(), vm = many[t].value->get<int8_t>();
+      for (uint64_t c = 0; c < p.chunks; ++c)
+        for (uint32_t s2 = 0; s2 < cnt[c]; ++s2) {
+          CHECK(i1[c * p.k + s2] == im[c * p.k + s2]);
+          CHECK(v1[c * p.k + s2] == vm[c * p.k + s2]);
+        }
+      const auto d1 = one[t].delta->get<float>(), dm = many[t].delta->get<float>();
+      CHECK(bits_equal(d1, dm));
+      CHECK(!bits_equal(dm, d[t]));  // the momentum moved
+      for (auto* bf : {&one[t], &many[t]})
+        for (auto* gb : {bf->grad.get(), bf->delta.get(), bf->count.get(), bf->index.get(), bf->value.get()})
+          CHECK(gb->guards_intact());
+
+      ups[t] = random_update(p, 24, 256, rng);
+      uoff[t] = std::make_unique<Guarded>(*gpu, ups[t].offset.size() * 4, ups[t].offset.data());
+      uidx[t] = std::make_unique<Guarded>(*gpu, ups[t].index.size() * 2 + 2, nullptr);
+      uval[t] = std::make_unique<Guarded>(*gpu, ups[t].value.size() * 4 + 4, nullptr);
+      if (!ups[t].index.empty()) {
+        gpu->upload(uidx[t]->data<uint16_t>(), ups[t].index.data(), ups[t].index.size() * 2);
+        gpu->upload(uval[t]->data<int32_t>(), ups[t].value.data(), ups[t].value.size() * 4);
+      }
+      for (auto [a, b] : {std::pair{&p1[t], &one[t]}, std::pair{&pm[t], &many[t]}}) {
+        a->plan = &p;
+        a->offset = uoff[t]->data<uint32_t>();
+        a->index = uidx[t]->data<uint16_t>();
+        a->value = uval[t]->data<int32_t>();
+        a->params = reinterpret_cast<float*>(b->params->data<uint8_t>() + b->shift);
+        a->lr = 4e-4f;
+        a->decay_factor = t % 2 ? 1.0f : 1.0f - 4e-5f;
+      }
+    }
+    for (const ApplyArgs& a : p1) gpu->apply(a);
+    gpu->apply_many(pm.data(), pm.size());
+    gpu->synchronize();
+    for (size_t t = 0; t < T; ++t) {
+      INFO("apply, tensor " << m.tensors[t].name);
+      const auto w1 = one[t].params->get<float>(), wm = many[t].params->get<float>();
+      CHECK(bits_equal(w1, wm));
+      std::vector<float> before(m.tensors[t].numel + 4, 0.0f);
+      std::copy(w[t].begin(), w[t].end(), before.begin() + one[t].shift / 4);
+      CHECK(!bits_equal(wm, before));
+      CHECK(many[t].params->guards_intact());
+    }
+  }
+  unsetenv("DISTRO_CUDA_DCT_FOLD");
+  unsetenv("DISTRO_CUDA_DCT_KEEPX");
+  unsetenv("DISTRO_CUDA_APPLY_FOLD");
+
+  // One bad tensor among good ones: an error, and nothing was queued for any of them.
+  std::vector<std::vector<float>> g(T), d(T), w(T);
+  for (size_t t = 0; t < T; ++t) {
+    g[t] = random_normal(m.tensors[t].numel, 1.0f, rng);
+    d[t] = random_normal(m.tensors[t].numel, 3e-3f, rng);
+    w[t] = random_params(m.tensors[t].numel, rng);
+  }
+  std::vector<Bufs> b = make(g, d, w);
+  std::vector<CompressArgs> a = compress_args(b);
+  DeviceMemory short_index = gpu->alloc(2);
+  a[T - 1].index = short_index.as<uint16_t>();
+  try {
+    gpu->compress_many(a.data(), a.size());
+    FAIL("compress_many with a short index buffer succeeded");
+  } catch (const Error& e) {
+    CHECK(e.code() == Code::size);
+  }
+  gpu->synchronize();
+  for (size_t t = 0; t < T; ++t) CHECK(bits_equal(b[t].delta->get<float>(), d[t]));
+}
+
 #if !defined(DISTRO_EMU)
 
 namespace {
