@@ -74,7 +74,14 @@ struct SelectSmem {
   uint8_t csel[kCandCap];
   uint32_t wtot[kWarps];
   uint32_t word[8];
+  uint16_t osel[kCandCap];  // the selected indices too, when at most kCandCap (selected() below)
 };
+
+// Where the values and the feedback read a chunk's selected indices: the shared-memory copy when
+// it holds them all, else the output in global memory (a round trip to L2 on the critical path).
+__device__ __forceinline__ const uint16_t* selected(const SelectSmem& s, const uint16_t* out, uint32_t cnt) {
+  return cnt <= kCandCap ? s.osel : out;
+}
 
 // Exclusive prefix count of flag in thread order (thread order = element order of a round), and
 // the block's total.
@@ -141,8 +148,8 @@ __device__ void radix_select(Get get, uint32_t n, uint32_t k, SelectSmem& s, uin
 }
 
 // Selects the min(k, non-zero) largest |Y[e]|, e < E, ties to the lowest index, and writes their
-// indices ascending to out (global memory of this chunk). Returns how many; on return every thread
-// of the block sees out.
+// indices ascending to out (global memory of this chunk) and the first kCandCap of them to s.osel.
+// Returns how many; on return every thread of the block sees both.
 //
 // Fast path (k <= the thread count): thread t keeps m_t, the largest key among its elements. Each
 // of the W warps finds r = ceil(k / W), the r-th largest m_t of its lanes; the smallest of those W
@@ -206,19 +213,28 @@ __device__ __forceinline__ uint32_t select_chunk_owned(const float* Y, uint32_t 
     if (warp == 0) {
       const bool valid = lane < C;
       const uint32_t key = valid ? s.ckey[lane] : 0u, id = valid ? uint32_t(s.cidx[lane]) : 0xFFFFu;
+      // Four lanes per step, so the shuffles overlap; lanes past C hold key 0, which no valid lane
+      // ranks below, and no selection bit.
+      const uint32_t C4 = (C + 3) & ~3u;
       uint32_t rank = 0;
-      for (uint32_t d = 0; d < C; ++d) {
-        const uint32_t kd = __shfl_sync(0xffffffffu, key, d), idd = __shfl_sync(0xffffffffu, id, d);
-        rank += (kd > key) | ((kd == key) & (idd < id));
+      for (uint32_t d0 = 0; d0 < C4; d0 += 4) {
+#pragma unroll
+        for (uint32_t d = d0; d < d0 + 4; ++d) {
+          const uint32_t kd = __shfl_sync(0xffffffffu, key, d), idd = __shfl_sync(0xffffffffu, id, d);
+          rank += (kd > key) | ((kd == key) & (idd < id));
+        }
       }
       const bool sel = valid && rank < keff;
       const uint32_t selm = __ballot_sync(0xffffffffu, sel);
-      uint32_t pos = 0;
-      for (uint32_t d = 0; d < C; ++d) {
-        const uint32_t idd = __shfl_sync(0xffffffffu, id, d);
-        pos += ((selm >> d) & 1u) & (idd < id);
+      uint32_t pos = 0;  // the output slot: selected candidates with a lower index
+      for (uint32_t d0 = 0; d0 < C4; d0 += 4) {
+#pragma unroll
+        for (uint32_t d = d0; d < d0 + 4; ++d) {
+          const uint32_t idd = __shfl_sync(0xffffffffu, id, d);
+          pos += ((selm >> d) & 1u) & (idd < id);
+        }
       }
-      if (sel) out[pos] = uint16_t(id);
+      if (sel) out[pos] = s.osel[pos] = uint16_t(id);
     }
   } else if (C <= kCandCap) {
     bool sel = false;
@@ -237,7 +253,7 @@ __device__ __forceinline__ uint32_t select_chunk_owned(const float* Y, uint32_t 
     if (sel) {
       uint32_t pos = 0;
       for (uint32_t d = 0; d < C; ++d) pos += s.csel[d] & (s.cidx[d] < id);
-      out[pos] = uint16_t(id);
+      out[pos] = s.osel[pos] = uint16_t(id);
     }
   } else {
     uint32_t t = 0, need = 0;
@@ -250,7 +266,10 @@ __device__ __forceinline__ uint32_t select_chunk_owned(const float* Y, uint32_t 
       const uint32_t eq_rank = eq_base + block_excl_scan(key == t, eq_total, s);
       const bool sel = key > t || (key == t && eq_rank < need);
       const uint32_t pos = sel_base + block_excl_scan(sel, sel_total, s);
-      if (sel) out[pos] = uint16_t(e);
+      if (sel) {
+        out[pos] = uint16_t(e);
+        if (pos < kCandCap) s.osel[pos] = uint16_t(e);
+      }
       eq_base += eq_total;
       sel_base += sel_total;
     }
@@ -411,7 +430,8 @@ __global__ void __launch_bounds__(kThreads, 3) compress64_kernel(const __grid_co
     // 3-4. Selection and values.
     uint16_t* out_idx = R.index + uint64_t(c) * p.k;
     const uint32_t cnt = select_chunk(Y, 64 * 64, p.k, sm.sel, out_idx, Linear{});
-    emit_values(Y, out_idx, cnt, p.value_mode, R.value + uint64_t(c) * p.k, sm.sel, Linear{});
+    const uint16_t* sel_idx = selected(sm.sel, out_idx, cnt);
+    emit_values(Y, sel_idx, cnt, p.value_mode, R.value + uint64_t(c) * p.k, sm.sel, Linear{});
     if (tid == 0) R.count[c] = uint16_t(cnt);
 
     // 5. Feedback: X -= W V with W[i][s] = B[i][f1_s] y_s and V[s][j] = B[j][f2_s], 32 terms at a time.
@@ -428,7 +448,7 @@ __global__ void __launch_bounds__(kThreads, 3) compress64_kernel(const __grid_co
         const uint32_t s = e >> 6, i = e & 63;
         float w = 0.0f, v = 0.0f;
         if (s < ns) {
-          const uint32_t id = out_idx[s0 + s];
+          const uint32_t id = sel_idx[s0 + s];
           w = __fmul_rn(__ldg(p.b1t + (id >> 6) * 64 + i), Y[id]);
           v = __ldg(p.b2t + (id & 63) * 64 + i);
         }
@@ -661,7 +681,8 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
       }
     };
     const uint32_t cnt = select_chunk_owned(Y, 64 * 64, p.k, sm.sel, out_idx, Quad64{}, own_regs, own_smem);
-    emit_values(Y, out_idx, cnt, p.value_mode, R.value + uint64_t(ch) * p.k, sm.sel, Quad64{});
+    const uint16_t* sel_idx = selected(sm.sel, out_idx, cnt);
+    emit_values(Y, sel_idx, cnt, p.value_mode, R.value + uint64_t(ch) * p.k, sm.sel, Quad64{});
     if (tid == 0) R.count[ch] = uint16_t(cnt);
 
     // 5. Feedback, folded like the transform. A selected coefficient (f1, f2, y) of parity class
@@ -684,7 +705,7 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
       const unsigned lane = tid & 31;
       uint32_t cls = 4, lid = 0;
       if (lane < ns) {
-        lid = out_idx[s0 + lane];
+        lid = sel_idx[s0 + lane];
         cls = (((lid >> 6) & 1u) << 1) | (lid & 1u);
       }
       uint32_t base = 0, lslot = 0;
@@ -733,7 +754,9 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
     *reinterpret_cast<float4*>(R.delta + o0 + 60 - 4 * c) = f4(out[1][3], out[1][2], out[1][1], out[1][0]);
     *reinterpret_cast<float4*>(R.delta + o1 + 4 * c) = f4(out[2][0], out[2][1], out[2][2], out[2][3]);
     *reinterpret_cast<float4*>(R.delta + o1 + 60 - 4 * c) = f4(out[3][3], out[3][2], out[3][1], out[3][0]);
-    __syncthreads();  // Y and the selection's shared memory are reused by the next chunk
+    // No barrier before the next chunk's first shared-memory writes (the fold into xf, which holds
+    // Y): every read of this chunk's Y, W, V and selection state comes before the feedback loop's
+    // last barrier, and a chunk with no coefficient (no loop) reads none after the selection's.
   }
 }
 
@@ -780,14 +803,15 @@ __global__ void __launch_bounds__(kThreads) compress_generic_kernel(const __grid
 
     uint16_t* out_idx = R.index + uint64_t(c) * p.k;
     const uint32_t cnt = select_chunk(Y, E, p.k, sel, out_idx, Linear{});
-    emit_values(Y, out_idx, cnt, p.value_mode, R.value + uint64_t(c) * p.k, sel, Linear{});
+    const uint16_t* sel_idx = selected(sel, out_idx, cnt);
+    emit_values(Y, sel_idx, cnt, p.value_mode, R.value + uint64_t(c) * p.k, sel, Linear{});
     if (threadIdx.x == 0) R.count[c] = uint16_t(cnt);
 
     for (uint32_t e = threadIdx.x; e < E; e += kThreads) {
       const uint32_t i = e / n2, j = e % n2;
       float acc = 0.0f;
       for (uint32_t s = 0; s < cnt; ++s) {
-        const uint32_t id = out_idx[s];
+        const uint32_t id = sel_idx[s];
         const float w = __fmul_rn(__ldg(p.b1 + i * n1 + id / n2), Y[id]);
         acc = __fmaf_rn(w, __ldg(p.b2 + j * n2 + id % n2), acc);
       }
