@@ -91,20 +91,35 @@ float* Optimizer::params_on_device(Slot& s, const TensorPlan& p, bool upload) {
   return s.params_dev.as<float>();
 }
 
-PeerPayload Optimizer::compress(uint64_t step, float lr) {
+PeerPayload Optimizer::compress(uint64_t step, float lr, double grad_norm) {
   if (!std::isfinite(lr) || lr < 0.0f)
     fail(Code::invalid_argument, "learning rate is " + std::to_string(lr) + "; expected a finite value >= 0");
   freeze();
-  // Check every gradient first, so a bad one leaves all momentum untouched.
   const size_t T = slots_.size();
   std::vector<const float*> grads(T), deltas(T);
-  std::vector<uint64_t> numel(T), bad(T);
+  std::vector<uint64_t> numel(T), bad(T, UINT64_MAX);
   for (size_t t = 0; t < T; ++t) {
     grads[t] = grad_on_device(slots_[t], manifest_.tensors[t]);
     deltas[t] = slots_[t].delta.as<float>();
     numel[t] = manifest_.tensors[t].numel;
   }
-  dev_->first_nonfinite_momentum_many(deltas.data(), grads.data(), numel.data(), opt_.decay, lr, T, bad.data());
+  // Whether every next momentum beta * delta + lr * g is provably finite: |lr g| <= lr ||g|| and
+  // |beta delta| <= bound, far below float32's 3.4e38 (the slack covers the feedback's rounding,
+  // about 1e-5 of the norm). Unknown bound with a known norm: measure the momentum once.
+  constexpr double kSlack = 1e-3, kSafe = 1e30;
+  const bool norm_known = std::isfinite(grad_norm) && grad_norm >= 0.0;
+  if (norm_known && !std::isfinite(momentum_bound_)) {
+    std::vector<double> sums(T);
+    dev_->sum_squares_many(deltas.data(), numel.data(), T, sums.data());
+    double ss = 0.0;
+    for (double x : sums) ss += x;
+    momentum_bound_ = std::sqrt(ss);
+  }
+  const double next_bound = (double(opt_.decay) * momentum_bound_ + double(lr) * grad_norm) * (1.0 + kSlack);
+  const bool proven = norm_known && next_bound < kSafe;
+  // Otherwise check every gradient first, so a bad one leaves all momentum untouched.
+  if (!proven)
+    dev_->first_nonfinite_momentum_many(deltas.data(), grads.data(), numel.data(), opt_.decay, lr, T, bad.data());
   for (size_t t = 0; t < T; ++t) {
     if (bad[t] == UINT64_MAX) continue;
     const TensorPlan& p = manifest_.tensors[t];
@@ -147,6 +162,7 @@ PeerPayload Optimizer::compress(uint64_t step, float lr) {
     a.value = (host ? val.data() : staging_.value.as<int8_t>()) + p.slot_base;
   }
   dev_->compress_many(args.data(), T);
+  momentum_bound_ = norm_known ? next_bound : INFINITY;
   if (!host) {  // one copy of each array for the whole model (the device queues the compresses)
     dev_->download(out.count.data(), staging_.count.data(), manifest_.total_chunks * 2);
     dev_->download(idx.data(), staging_.index.data(), manifest_.total_slots * 2);
@@ -258,6 +274,10 @@ void Optimizer::set_momentum(size_t t, const std::vector<float>& data) {
     fail(Code::size, "momentum of tensor '" + manifest_.tensors[t].name + "' needs " +
                          std::to_string(manifest_.tensors[t].numel) + " values, got " + std::to_string(data.size()));
   dev_->upload(slots_[t].delta.data(), data.data(), data.size() * sizeof(float));
+  // The whole momentum's norm grows by at most this tensor's new norm.
+  double ss = 0.0;
+  for (float x : data) ss += double(x) * x;
+  momentum_bound_ += std::sqrt(ss);
 }
 
 }  // namespace distro

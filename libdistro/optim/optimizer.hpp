@@ -5,6 +5,7 @@
 // momentum lives on the optimizer's device.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -49,11 +50,18 @@ class Optimizer {
   Device& device() { return *dev_; }
 
   // This peer's payload for the step. Throws Error(numeric) if any gradient is not finite, before
-  // any state changes.
-  PeerPayload compress(uint64_t step, float lr);
+  // any state changes. grad_norm, when the caller knows it, is the L2 norm of the gradient buffers
+  // as they are now (NaN: unknown). With it the per-element check (a pass over the gradient and the
+  // momentum) is skipped when no element can fail it: a finite norm bounds every |lr * g|, and the
+  // optimizer keeps an upper bound on the momentum's norm (momentum_bound below), so the next
+  // momentum stays far from float32 overflow. A wrong norm from the caller voids the guarantee.
+  PeerPayload compress(uint64_t step, float lr, double grad_norm = std::nan(""));
   // Applies a decoded merged update; the caller checked it against the manifest.
   void apply(const MergedUpdate& u);
   uint64_t param_hash();  // parameter_hash (below) of the tensors
+  // An upper bound on the L2 norm of all momentum (infinite: unknown until the next compress that
+  // gets a gradient norm, which measures it once).
+  double momentum_bound() const { return momentum_bound_; }
 
   // Momentum of tensor t, copied to the host (tests and checkpoints).
   std::vector<float> momentum(size_t t);
@@ -85,6 +93,10 @@ class Optimizer {
   std::vector<Slot> slots_;
   Manifest manifest_;
   bool frozen_ = false;
+  // Momentum starts at zero. After a step, ||delta|| <= ||beta delta + lr g|| (the error feedback
+  // removes the selected DCT components: an orthogonal projection), so the bound follows
+  // beta * bound + lr * ||g||, with slack for float32 rounding.
+  double momentum_bound_ = 0.0;
 };
 
 // The parameter hash of a replica (docs/protocol.md) from its tensors in manifest order, each in

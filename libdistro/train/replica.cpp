@@ -46,6 +46,7 @@ double Replica::compute_grad(const int32_t* tokens, const int32_t* targets) {
   const int B = cfg_.batch, mb = cfg_.micro_batch ? cfg_.micro_batch : B, T = cfg_.seq;
   model_->zero_grad();
   grad_scale_ = 1.0f;
+  grad_norm_ = std::nan("");
   double loss = 0.0;
   for (int b = 0; b < B; b += mb)
     loss += model_->forward_backward(tokens + size_t(b) * T, targets + size_t(b) * T, mb, T);
@@ -65,7 +66,8 @@ double Replica::grad_norm() {
   dev_->sum_squares_many(grads.data(), numel.data(), ts.size(), sums.data());
   double ss = 0.0;
   for (double x : sums) ss += x;
-  return std::sqrt(ss);
+  grad_norm_ = std::sqrt(ss);
+  return grad_norm_;
 }
 
 void Replica::clip(double norm) {
@@ -88,7 +90,8 @@ GradStats Replica::train_batch(const int32_t* tokens, const int32_t* targets) {
 
 PeerPayload Replica::compress_payload(uint64_t step, float lr) {
   // The lr-scaled gradient of DeMo's momentum with the clip factor folded in (one float32 product).
-  return optimizer().compress(step, lr * grad_scale_);
+  // The norm of this gradient, when measured, lets the optimizer skip its per-element check.
+  return optimizer().compress(step, lr * grad_scale_, grad_norm_);
 }
 
 std::vector<uint8_t> Replica::compress(uint64_t step, float lr) {

@@ -6,6 +6,7 @@
 // Thread rules: one thread at a time per Replica. Replicas on different devices are independent.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -77,6 +78,7 @@ class Replica {
   std::unique_ptr<Optimizer> opt_;
   std::vector<DeviceMemory> m_, v_;  // AdamW moments
   float grad_scale_ = 1.0f;          // DisTrO: the clip factor of the current gradient
+  double grad_norm_ = std::nan("");  // the current gradient's norm (grad_norm), NaN until measured
 };
 
 }  // namespace distro

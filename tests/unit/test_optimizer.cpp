@@ -6,6 +6,7 @@
 #include <cstring>
 #include <random>
 
+#include "backend/cpu_device.hpp"
 #include "optim/chunk_math.hpp"
 #include "optim/dct.hpp"
 #include "optim/merger.hpp"
@@ -219,6 +220,102 @@ TEST_CASE("a non-finite gradient is refused and changes no state", "[optimizer]"
   CHECK(bit_equal(r.opt->momentum(0), m0));
   r.grads[2][17] = 0.0f;
   CHECK_NOTHROW(r.opt->compress(2, 0.01f));
+}
+
+namespace {
+
+// A CPU device that counts the optimizer's passes over the whole model: the per-element gradient
+// check and the sums of squares.
+class CountingDevice final : public Device {
+ public:
+  CpuDevice cpu{2};
+  int checks = 0, norms = 0;
+  const DeviceInfo& info() const override { return cpu.info(); }
+  DeviceMemory alloc(size_t bytes) override { return cpu.alloc(bytes); }
+  void release(void* p) noexcept override { cpu.release(p); }
+  void upload(void* d, const void* s, size_t n) override { cpu.upload(d, s, n); }
+  void download(void* d, const void* s, size_t n) override { cpu.download(d, s, n); }
+  void zero(void* d, size_t n) override { cpu.zero(d, n); }
+  void compress(const CompressArgs& a) override { cpu.compress(a); }
+  void apply(const ApplyArgs& a) override { cpu.apply(a); }
+  uint64_t hash(const float* x, uint64_t n, uint64_t salt) override { return cpu.hash(x, n, salt); }
+  double sum_squares(const float* x, uint64_t n) override { return cpu.sum_squares(x, n); }
+  uint64_t first_nonfinite_momentum(const float* d, const float* g, float beta, float lr, uint64_t n) override {
+    return cpu.first_nonfinite_momentum(d, g, beta, lr, n);
+  }
+  void first_nonfinite_momentum_many(const float* const* d, const float* const* g, const uint64_t* n, float beta,
+                                     float lr, size_t count, uint64_t* out) override {
+    ++checks;
+    Device::first_nonfinite_momentum_many(d, g, n, beta, lr, count, out);
+  }
+  void sum_squares_many(const float* const* x, const uint64_t* n, size_t count, double* out) override {
+    ++norms;
+    Device::sum_squares_many(x, n, count, out);
+  }
+};
+
+double l2(const std::vector<std::vector<float>>& v) {
+  double ss = 0.0;
+  for (const auto& t : v)
+    for (float x : t) ss += double(x) * x;
+  return std::sqrt(ss);
+}
+
+}  // namespace
+
+TEST_CASE("a known gradient norm skips the per-element check only where overflow is impossible",
+          "[optimizer]") {
+  CountingDevice dev;
+  Replica a(kSpecs, options(2), 1);  // for the layout of params and grads; its own optimizer checks
+  OptimizerOptions o = options(2);
+  Optimizer opt(o, dev);
+  for (size_t t = 0; t < kSpecs.size(); ++t) opt.add_tensor(kSpecs[t].name, kSpecs[t].shape, a.params[t].data(), a.grads[t].data());
+
+  // Step 1: momentum zero, finite norm: no check, and the payload is the checked one's.
+  a.random_grads(1);
+  const PeerPayload p1 = opt.compress(1, 0.01f, l2(a.grads));
+  CHECK(dev.checks == 0);
+  const PeerPayload want = a.opt->compress(1, 0.01f);
+  CHECK(p1.index == want.index);
+  CHECK(p1.value == want.value);
+  CHECK(bit_equal(opt.momentum(0), a.opt->momentum(0)));
+  CHECK(opt.momentum_bound() >= 0.01 * l2(a.grads));
+  // The bound holds: it is at least the momentum's norm.
+  std::vector<std::vector<float>> mom;
+  for (size_t t = 0; t < kSpecs.size(); ++t) mom.push_back(opt.momentum(t));
+  CHECK(l2(mom) <= opt.momentum_bound());
+
+  // No norm: the check runs and the bound becomes unknown; the next known norm measures it once.
+  a.random_grads(2);
+  opt.compress(2, 0.01f);
+  CHECK(dev.checks == 1);
+  CHECK(std::isinf(opt.momentum_bound()));
+  mom.clear();
+  for (size_t t = 0; t < kSpecs.size(); ++t) mom.push_back(opt.momentum(t));
+  const double before = l2(mom);
+  a.random_grads(3);
+  const double g3 = l2(a.grads);
+  opt.compress(3, 0.01f, g3);
+  CHECK(dev.checks == 1);
+  CHECK(dev.norms == 1);
+  mom.clear();
+  for (size_t t = 0; t < kSpecs.size(); ++t) mom.push_back(opt.momentum(t));
+  CHECK(l2(mom) <= opt.momentum_bound());
+  // Measured, then grown by one step: tight, not merely finite.
+  CHECK(opt.momentum_bound() <= (0.9 * before + 0.01 * g3) * 1.01);
+
+  // A NaN norm (what the norm of a NaN gradient is): the check runs and refuses the step.
+  a.random_grads(4);
+  a.grads[2][17] = NAN;
+  CHECK_THROWS_AS(opt.compress(4, 0.01f, l2(a.grads)), Error);
+  CHECK(dev.checks == 2);
+
+  // Momentum restored at a size the bound cannot clear: the check runs again.
+  a.grads[2][17] = 1.0f;
+  opt.set_momentum(0, std::vector<float>(opt.manifest().tensors[0].numel, 1e31f));
+  CHECK(opt.momentum_bound() > 1e30);
+  opt.compress(5, 0.01f, l2(a.grads));
+  CHECK(dev.checks == 3);
 }
 
 TEST_CASE("tensors cannot be added after the first step, and options are checked", "[optimizer]") {
