@@ -34,7 +34,7 @@ CodecBenchRow run_row(const CodecBenchConfig& c, const Manifest& m, unsigned nod
   row.coefficients = payloads[0].index.size();
   std::vector<PeerPayload>().swap(payloads);  // 1b payloads are megabytes each
 
-  row.decode_payload = median_seconds(c.repeat, 0, [&] { (void)decode_payload(m, wire[0]); });
+  row.decode_payload = median_seconds(c.repeat, 0, [&] { (void)decode_payload(m, wire[0], c.threads); });
 
   // The coordinator: a fresh merger per repetition, as per round.
   std::vector<double> add_s, finish_s;
@@ -42,7 +42,7 @@ CodecBenchRow run_row(const CodecBenchConfig& c, const Manifest& m, unsigned nod
   for (unsigned r = 0; r < c.repeat; ++r) {
     Merger merger(m, run_id, round);
     const double t0 = now_seconds();
-    for (unsigned n = 0; n < nodes; ++n) merger.add(wire[n]);
+    for (unsigned n = 0; n < nodes; ++n) merger.add(wire[n], c.threads);
     const double t1 = now_seconds();
     u = merger.finish(1e-3f, 0.1f, 0, c.threads);
     const double t2 = now_seconds();
@@ -57,12 +57,17 @@ CodecBenchRow run_row(const CodecBenchConfig& c, const Manifest& m, unsigned nod
   row.encode_update = median_seconds(c.repeat, 0, [&] { update = encode_update(m, u, c.threads); });
   row.update_bytes = update.size();
   MergedUpdate back;
-  row.decode_update = median_seconds(c.repeat, 0, [&] { back = decode_update(m, update); });
+  row.decode_update = median_seconds(c.repeat, 0, [&] { back = decode_update(m, update, c.threads); });
   // Checks that the timed code did the real work, and that threads do not change the bytes.
   if (back.index != u.index || back.value != u.value || back.offset != u.offset)
     fail(Code::internal, "bench codec: the decoded update differs from the merged one");
-  if (c.threads != 1 && (encode_update(m, u, 1) != update || encode_payload(m, decode_payload(m, wire[0]), 1) != wire[0]))
-    fail(Code::internal, "bench codec: the encoding with one thread differs");
+  if (c.threads != 1) {
+    const MergedUpdate one = decode_update(m, update, 1);
+    if (encode_update(m, u, 1) != update || encode_payload(m, decode_payload(m, wire[0], 1), 1) != wire[0])
+      fail(Code::internal, "bench codec: the encoding with one thread differs");
+    if (one.index != back.index || one.value != back.value || one.offset != back.offset)
+      fail(Code::internal, "bench codec: the update decoded on one thread differs");
+  }
   return row;
 }
 
@@ -80,6 +85,7 @@ CodecBenchResult run_codec_bench(const CodecBenchConfig& c) {
   r.preset = c.preset;
   r.params = m.total_params;
   r.chunks = m.total_chunks;
+  r.pieces = wire::piece_count(m);
   r.tensors = m.tensors.size();
   r.threads = c.threads;
   r.hardware_threads = std::thread::hardware_concurrency();
@@ -88,9 +94,10 @@ CodecBenchResult run_codec_bench(const CodecBenchConfig& c) {
 }
 
 void print_codec_bench(const CodecBenchConfig& c, const CodecBenchResult& r) {
-  std::printf("distro bench codec: preset %s (%llu params, %zu tensors, %llu chunks), chunk %u, top-k %u, %s values,\n"
-              "%s payloads, threads %u (0 = library default; %u hardware threads); medians of %u, ms\n",
-              r.preset.c_str(), (unsigned long long)r.params, r.tensors, (unsigned long long)r.chunks, c.chunk, c.topk,
+  std::printf("distro bench codec: preset %s (%llu params, %zu tensors, %llu chunks, %llu pieces), chunk %u, top-k %u,\n"
+              "%s values, %s payloads, threads %u (0 = library default; %u hardware threads); medians of %u, ms\n",
+              r.preset.c_str(), (unsigned long long)r.params, r.tensors, (unsigned long long)r.chunks,
+              (unsigned long long)r.pieces, c.chunk, c.topk,
               values_name(c.values), c.share > 0.0 ? "correlated" : "independent", r.threads, r.hardware_threads,
               c.repeat);
   std::printf("%5s %10s %10s %9s %9s %9s %9s %9s %9s %9s | %11s %8s\n", "nodes", "payload B", "update B", "enc pay",
@@ -104,7 +111,7 @@ void print_codec_bench(const CodecBenchConfig& c, const CodecBenchResult& r) {
 }
 
 void write_codec_bench_json(const CodecBenchConfig& c, const CodecBenchResult& r, const std::string& path) {
-  nlohmann::json j = {{"preset", r.preset}, {"params", r.params}, {"tensors", r.tensors}, {"chunks", r.chunks},
+  nlohmann::json j = {{"preset", r.preset}, {"params", r.params}, {"tensors", r.tensors}, {"chunks", r.chunks}, {"pieces", r.pieces},
                       {"chunk", c.chunk}, {"topk", c.topk}, {"values", values_name(c.values)}, {"share", c.share},
                       {"threads", r.threads}, {"hardware_threads", r.hardware_threads}, {"repeat", c.repeat},
                       {"seed", c.seed}};

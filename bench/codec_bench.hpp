@@ -1,8 +1,9 @@
 // `distro bench codec`: the host-side wire codec and merge of one DisTrO round at a preset's shapes,
 // stage by stage, on simulated payloads (network_traffic.hpp's generator): a node encodes its
 // payload and decodes the merged update; the coordinator decodes N payloads (Merger::add), merges
-// them (Merger::finish) and encodes the update. These are the single-threaded host parts of a
-// GPU step (docs/benchmarks.md), so they are timed on their own, at the real 1b sizes.
+// them (Merger::finish) and encodes the update. These are the host parts of a GPU step
+// (docs/benchmarks.md), each run on `threads` threads, so they are timed on their own, at the real
+// 1b sizes.
 #pragma once
 
 #include <cstdint>
@@ -38,7 +39,7 @@ struct CodecBenchRow {
 
 struct CodecBenchResult {
   std::string preset;
-  uint64_t params = 0, chunks = 0;
+  uint64_t params = 0, chunks = 0, pieces = 0;  // pieces: of a message body (wire v2)
   size_t tensors = 0;
   unsigned threads = 0;  // as requested (0 = library default)
   unsigned hardware_threads = 0;

@@ -146,8 +146,8 @@ void print_optimizer_bench(const OptimizerBenchResult& r) {
   for (const auto& s : r.stages)
     std::printf("%-56s %12.1f %14.2f\n", s.name.c_str(), s.seconds * 1e3, s.seconds * 1e9 / double(r.params));
   std::printf("\n%-56s %12s\n", "traffic", "bits/param");
-  std::printf("%-56s %12.5f\n", "up: this peer's payload (wire v1)", r.bits_up);
-  std::printf("%-56s %12.5f\n", "down: merged update (wire v1)", r.bits_down);
+  std::printf("%-56s %12.5f\n", "up: this peer's payload (wire v2)", r.bits_up);
+  std::printf("%-56s %12.5f\n", "down: merged update (wire v2)", r.bits_down);
   std::printf("%-56s %12.5f\n", "up, same coefficients as u16 index + value (Psyche)", r.bits_u16_layout);
   std::printf("%-56s %12.5f\n", "up, same coefficients as int64 index + fp32 (DeMo)", r.bits_int64_layout);
 }

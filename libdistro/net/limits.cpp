@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <bit>
 
+#include "wire/codec.hpp"
+
 namespace distro::net {
 
 namespace {
@@ -19,27 +21,35 @@ uint32_t clamp32(uint64_t v) { return uint32_t(std::min<uint64_t>(v, kClamp)); }
 
 }  // namespace
 
+// Wire v2 cuts each tensor's chunks into pieces of at most wire::kPieceChunks chunks; each piece costs
+// a 4-byte entry in the piece table and up to 7 padding bits, and has its own preamble.
 uint64_t max_payload_bytes(const Manifest& m) {
   const uint64_t vbits = m.values == ValueMode::sign ? 1 : 8;
-  uint64_t bits = 0;
-  for (const TensorPlan& t : m.tensors) {
-    bits += eg_bits(t.chunks);                                   // number of exceptions
-    bits += t.chunks * (eg_bits(t.chunks) + tb_bits(t.k));       // each chunk an exception at worst
-    bits += t.chunks * uint64_t(t.k) * (tb_bits(t.elems()) + vbits);  // indices and values
-  }
-  return 48 + (bits + 7) / 8;
+  uint64_t bytes = 0;
+  for (const TensorPlan& t : m.tensors)
+    for (uint64_t c0 = 0; c0 < t.chunks; c0 += wire::kPieceChunks) {
+      const uint64_t chunks = std::min(t.chunks - c0, wire::kPieceChunks);
+      uint64_t bits = eg_bits(chunks);                                // number of exceptions
+      bits += chunks * (eg_bits(chunks) + tb_bits(t.k));              // each chunk an exception at worst
+      bits += chunks * uint64_t(t.k) * (tb_bits(t.elems()) + vbits);  // indices and values
+      bytes += 4 + (bits + 7) / 8;
+    }
+  return 48 + bytes;
 }
 
 uint64_t max_update_bytes(const Manifest& m, uint64_t contributors) {
-  uint64_t bits = 0;
+  uint64_t bytes = 0;
   for (const TensorPlan& t : m.tensors) {
     const uint64_t u = std::min<uint64_t>(t.elems(), std::max<uint64_t>(1, contributors) * t.k);
-    bits += 5;
-    // Values take at most 16 bits: the fixed width is <= 16 and agreement coding is only used when
-    // smaller.
-    bits += t.chunks * (eg_bits(t.elems()) + u * (tb_bits(t.elems()) + 16));
+    for (uint64_t c0 = 0; c0 < t.chunks; c0 += wire::kPieceChunks) {
+      const uint64_t chunks = std::min(t.chunks - c0, wire::kPieceChunks);
+      // Values take at most 16 bits: the fixed width is <= 16 and agreement coding is only used
+      // when smaller.
+      const uint64_t bits = 5 + chunks * (eg_bits(t.elems()) + u * (tb_bits(t.elems()) + 16));
+      bytes += 4 + (bits + 7) / 8;
+    }
   }
-  return 64 + (bits + 7) / 8;
+  return 64 + bytes;
 }
 
 uint64_t max_checkpoint_bytes(uint64_t params) { return 16 + (uint64_t(4) << 20) + 4 * params + 32; }

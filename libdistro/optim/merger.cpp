@@ -14,7 +14,7 @@ namespace distro {
 Merger::Merger(Manifest manifest, uint64_t run_id, uint64_t step)
     : manifest_(std::move(manifest)), run_id_(run_id), step_(step) {}
 
-void Merger::add(std::span<const uint8_t> bytes) { add(decode_payload(manifest_, bytes)); }
+void Merger::add(std::span<const uint8_t> bytes, unsigned threads) { add(decode_payload(manifest_, bytes, threads)); }
 
 void Merger::add(PeerPayload p) {
   if (finished_) fail(Code::state, "this merger is finished; create a new one for the next step");

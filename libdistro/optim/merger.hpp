@@ -15,9 +15,10 @@ class Merger {
  public:
   Merger(Manifest manifest, uint64_t run_id, uint64_t step);
 
-  // Decodes, checks (run, step, duplicate peer) and keeps one payload. A rejected payload changes
-  // nothing. Throws Error(corrupt / mismatch / state).
-  void add(std::span<const uint8_t> bytes);
+  // Decodes (on `threads` threads, 0 = wire::default_threads(); see decode_payload), checks (run,
+  // step, duplicate peer) and keeps one payload. A rejected payload changes nothing. Throws
+  // Error(corrupt / mismatch / state).
+  void add(std::span<const uint8_t> bytes, unsigned threads = 0);
   // Adds an already decoded payload (in-process peers); checked the same way.
   void add(PeerPayload payload);
   size_t count() const { return payloads_.size(); }

@@ -30,14 +30,8 @@ class BitWriter {
   void put(uint64_t v, unsigned bits) {
     acc_ |= v << fill_;
     fill_ += bits;
-    if (fill_ >= 32) {
-      // A 4-byte flush keeps fill_ < 32 between calls, so the next put (<= 32 bits) never overflows.
-      if (out_.size() - len_ < 4) grow(4);
-      store_le(out_.data() + len_, acc_, 4);
-      len_ += 4;
-      acc_ >>= 32;
-      fill_ -= 32;
-    }
+    // A 4-byte flush keeps fill_ < 32 between calls, so the next put (<= 32 bits) never overflows.
+    if (fill_ >= 32) flush32();
   }
   // Writes a field of up to 64 bits.
   void put_wide(uint64_t v, unsigned bits) {
@@ -48,42 +42,11 @@ class BitWriter {
       put(v, bits);
     }
   }
-  // Appends the first `bits` bits of another LSB-first stream (src holds at least ceil(bits / 8)
-  // bytes; bits past `bits` in its last byte are ignored). Used to concatenate bit streams encoded
-  // separately (in parallel) into one: 64 bits per step, shifted into place.
-  void append(const uint8_t* src, uint64_t bits) {
-    // Bring the pending bits below 8, so a whole 64-bit word fits beside them.
-    while (fill_ >= 8) {
-      if (out_.size() == len_) grow(1);
-      out_[len_++] = uint8_t(acc_);
-      acc_ >>= 8;
-      fill_ -= 8;
-    }
-    const uint64_t words = bits / 64;
-    if (words > 0) {
-      if (out_.size() - len_ < words * 8) grow(size_t(words * 8));
-      uint8_t* dst = out_.data() + len_;
-      const unsigned s = fill_;  // 0..7 pending bits, in acc_
-      uint64_t carry = acc_;
-      for (uint64_t i = 0; i < words; ++i) {
-        uint64_t w = load_le64(src + 8 * i);
-        store_le(dst + 8 * i, carry | (w << s), 8);
-        carry = s == 0 ? 0 : w >> (64 - s);
-      }
-      len_ += size_t(words * 8);
-      acc_ = carry;
-      src += words * 8;
-      bits -= words * 64;
-    }
-    // The last < 64 bits, at most 32 at a time.
-    while (bits > 0) {
-      unsigned n = bits > 32 ? 32 : unsigned(bits);
-      uint64_t v = 0;
-      for (unsigned i = 0; i < (n + 7) / 8; ++i) v |= uint64_t(src[i]) << (8 * i);
-      put(v & ((uint64_t(1) << n) - 1), n);
-      src += 4;
-      bits -= n;
-    }
+  // Pads the stream with zero bits up to the next byte boundary (none when it is on one), so what
+  // follows starts a byte: the end of one piece of a body and the start of the next.
+  void align() {
+    fill_ = (fill_ + 7) & ~7u;
+    if (fill_ >= 32) flush32();  // keeps fill_ < 32 between calls, as put() does
   }
   // Flushes the partial byte, padding it with zero bits. The writer must not be used afterwards.
   void finish() {
@@ -107,14 +70,13 @@ class BitWriter {
       for (int i = 0; i < bytes; ++i) p[i] = uint8_t(v >> (8 * i));
     }
   }
-  static uint64_t load_le64(const uint8_t* p) {
-    uint64_t w = 0;
-    if constexpr (std::endian::native == std::endian::little) {
-      std::memcpy(&w, p, 8);
-    } else {
-      for (int i = 0; i < 8; ++i) w |= uint64_t(p[i]) << (8 * i);
-    }
-    return w;
+  // Stores the low 32 pending bits.
+  void flush32() {
+    if (out_.size() - len_ < 4) grow(4);
+    store_le(out_.data() + len_, acc_, 4);
+    len_ += 4;
+    acc_ >>= 32;
+    fill_ -= 32;
   }
   // Makes room for at least `need` more bytes: 1.5 times the size, so the zero fill is amortised but
   // touches (page-faults) little memory the message will not use; within the capacity the caller

@@ -1,4 +1,4 @@
-// The wire codec, version 1 (docs/protocol.md). Decoders check every field against the manifest,
+// The wire codec, version 2 (docs/protocol.md). Decoders check every field against the manifest,
 // never size an allocation from an untrusted length, and throw Error(corrupt / mismatch) with a
 // message naming what was wrong.
 #pragma once
@@ -13,7 +13,7 @@
 
 namespace distro {
 
-constexpr uint16_t kWireVersion = 1;
+constexpr uint16_t kWireVersion = 2;
 enum class MessageKind : uint8_t { payload = 1, update = 2 };
 
 // Header fields readable without a manifest.
@@ -30,27 +30,34 @@ struct MessageHeader {
   float decay_factor = 0.0f;  // update only
 };
 
-// The encoders cut large messages (more than wire::kParallelMinCoefficients coefficients) into
-// pieces of whole chunks, encode the pieces on `threads` threads (0 = wire::default_threads()) into
-// separate bit streams and concatenate those in order, so the bytes are exactly those of the
-// sequential encoder whatever the thread count. Invalid input throws the same Error as with one
-// thread: the first invalid tensor and chunk in manifest order.
+// A body is a table of piece lengths followed by the pieces: each tensor's chunks cut into pieces of
+// at most wire::kPieceChunks chunks, each piece a byte-aligned bit stream of its own (docs/protocol.md
+// section 3). So large messages (more than wire::kParallelMinCoefficients coefficients to encode, or
+// wire::kParallelMinBodyBytes body bytes to decode) are encoded and decoded a piece per task on
+// `threads` threads (0 = wire::default_threads()). The bytes, the decoded message and any error do
+// not depend on the thread count: an encoder reports the first invalid tensor and chunk in manifest
+// order, a decoder the error of the first bad piece in body order.
 std::vector<uint8_t> encode_payload(const Manifest& m, const PeerPayload& p, unsigned threads = 0);
-PeerPayload decode_payload(const Manifest& m, std::span<const uint8_t> bytes);
+PeerPayload decode_payload(const Manifest& m, std::span<const uint8_t> bytes, unsigned threads = 0);
 
 std::vector<uint8_t> encode_update(const Manifest& m, const MergedUpdate& u, unsigned threads = 0);
-// The body is one bit stream whose tensors start at positions known only after decoding the ones
-// before them, so decoding is single-threaded (docs/protocol.md).
-MergedUpdate decode_update(const Manifest& m, std::span<const uint8_t> bytes);
+MergedUpdate decode_update(const Manifest& m, std::span<const uint8_t> bytes, unsigned threads = 0);
 
 // Checks magic, version, kind, lengths and checksum; returns the header.
 MessageHeader inspect_message(std::span<const uint8_t> bytes);
 
 namespace wire {
 
-// Messages with fewer coefficients than this are encoded (and merged) on the calling thread alone:
-// below it, starting threads costs about as much as it saves.
+// The most chunks of one tensor that one piece of a body holds (docs/protocol.md section 3).
+constexpr uint64_t kPieceChunks = 2048;
+// The number of pieces a body of this manifest has: the sum over tensors of ceil(chunks / kPieceChunks).
+uint64_t piece_count(const Manifest& m);
+
+// Messages with fewer coefficients than this are encoded (and merged) on the calling thread alone,
+// and bodies of fewer bytes than this decoded on it: below them, starting threads costs about as
+// much as it saves.
 constexpr uint64_t kParallelMinCoefficients = 65536;
+constexpr uint64_t kParallelMinBodyBytes = 64 * 1024;
 // The default thread count: the hardware's, capped here (the host codec shares the machine).
 constexpr unsigned kMaxDefaultThreads = 16;
 

@@ -1,4 +1,4 @@
-// The integer codes of wire format v1 (docs/protocol.md, "Integer codes"): exp-Golomb of order 0,
+// The integer codes of wire format v2 (docs/protocol.md, "Integer codes"): exp-Golomb of order 0,
 // truncated binary, and binary interpolative coding (Moffat & Stuiver) of sorted index sets.
 // Encoders assume valid input (the codec validates it first, with better error messages); decoders
 // accept any bit pattern and throw Error(corrupt) only when the stream ends or a code is too long.

@@ -61,7 +61,7 @@ inline Manifest manifest(ValueMode mode) {
   return m;
 }
 
-// Header layout constants of wire v1 (docs/protocol.md), for the reseal step below.
+// Header layout constants of wire v2 (docs/protocol.md), for the reseal step below.
 constexpr size_t kBodyLengthOffset = 36;
 inline size_t header_bytes(uint8_t kind) { return kind == 2 ? 56 : 40; }
 

@@ -101,13 +101,17 @@ std::vector<Seed> seeds() {
   flip[flip.size() - 3] ^= 0x04;
   add("payload", "bad-checksum", flip);
   auto ver = p_full;
-  ver[4] = 2;
+  ver[4] = 1;  // version 1, whose body had no piece table
   fuzz::reseal(ver);
   add("payload", "bad-version", ver);
   auto trail = p_full;
   trail.insert(trail.end() - 8, uint8_t(0));
   fuzz::reseal(trail);
   add("payload", "bad-trailing-byte", trail);
+  auto table = p_full;
+  table[40] += 1;  // the first piece's length: the table no longer adds up to the body
+  fuzz::reseal(table);
+  add("payload", "bad-piece-table", table);
 
   auto u_sign = encode_update(ms, update(rng, ms, false, false));
   add("update", "valid-sign", u_sign);

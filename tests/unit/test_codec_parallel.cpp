@@ -1,6 +1,6 @@
-// The parallel wire encoders and merger (docs/protocol.md, "Encoders"; docs/benchmarks.md, "Host codec
-// and merge at 1b"): the bytes and the merged update do not depend on the thread count, and an
-// invalid input reports the same error with any number of threads.
+// The parallel wire codec and merger (docs/protocol.md section 9.1; docs/benchmarks.md, "Host codec
+// and merge at 1b"): the bytes, the decoded messages and the merged update do not depend on the
+// thread count, and an invalid input (or message) reports the same error with any number of threads.
 #include <catch2/catch.hpp>
 
 #include <atomic>
@@ -20,6 +20,7 @@
 #include "wire/bits.hpp"
 #include "wire/codec.hpp"
 #include "wire/messages.hpp"
+#include "wire_body.hpp"
 
 using namespace distro;
 
@@ -73,9 +74,9 @@ PeerPayload random_payload(std::mt19937_64& rng, const Manifest& m, uint32_t pee
 }
 
 // Random update: per tensor either values near +-vmax (the agreement coding wins) or small values (a
-// fixed width wins), and unions from empty to full. "big", which the encoder cuts into pieces, has
-// values of 1..3 except in its chunk 5 (its first piece), whose values need a wider field: the width
-// of a tensor comes from all its pieces.
+// fixed width wins), and unions from empty to full. "big", which the format cuts into 8 pieces, has
+// values of 1..3 except in its chunk 5 (in its first piece), whose values need a wider field: each
+// piece has a width of its own.
 MergedUpdate random_update(std::mt19937_64& rng, const Manifest& m) {
   MergedUpdate u;
   u.run_id = 5;
@@ -145,34 +146,6 @@ MergedUpdate reference_merge(const Manifest& m, const std::vector<PeerPayload>& 
 
 }  // namespace
 
-TEST_CASE("BitWriter::append concatenates bit streams at every bit offset", "[wire]") {
-  std::mt19937_64 rng(1);
-  for (unsigned prefix = 0; prefix < 72; ++prefix)
-    for (uint64_t len : {0, 1, 7, 8, 9, 31, 32, 33, 63, 64, 65, 127, 128, 129, 300}) {
-      std::vector<uint8_t> src((len + 7) / 8 + 1);
-      for (auto& b : src) b = uint8_t(rng());  // bits past `len` are noise and must be ignored
-      const uint64_t head = rng();
-      std::vector<uint8_t> want, got;
-      {
-        wire::BitWriter w(want);
-        w.put_wide(prefix >= 64 ? head : head & ((uint64_t(1) << prefix) - 1), std::min(prefix, 64u));
-        if (prefix > 64) w.put(0, prefix - 64);
-        for (uint64_t i = 0; i < len; ++i) w.put((src[i / 8] >> (i % 8)) & 1, 1);
-        w.finish();
-      }
-      {
-        wire::BitWriter w(got);
-        w.put_wide(prefix >= 64 ? head : head & ((uint64_t(1) << prefix) - 1), std::min(prefix, 64u));
-        if (prefix > 64) w.put(0, prefix - 64);
-        w.append(src.data(), len);
-        REQUIRE(w.bits_written(0) == prefix + len);
-        w.finish();
-      }
-      INFO("prefix " << prefix << " bits, " << len << " appended");
-      REQUIRE(got == want);
-    }
-}
-
 TEST_CASE("run_tasks runs every task once and rethrows the lowest failing task's error", "[wire]") {
   for (unsigned threads : {1u, 2u, 7u, 64u}) {
     INFO("threads " << threads);
@@ -202,39 +175,41 @@ TEST_CASE("run_tasks runs every task once and rethrows the lowest failing task's
   wire::run_tasks(4, 0, [](size_t) { FAIL("no tasks to run"); });
 }
 
-TEST_CASE("parallel encode_payload equals the sequential encoder byte for byte", "[wire]") {
+TEST_CASE("parallel encode_payload and decode_payload equal the sequential ones", "[wire]") {
   std::mt19937_64 rng(2);
   for (ValueMode mode : {ValueMode::sign, ValueMode::int8}) {
     Manifest m = many_tensors(mode);
     PeerPayload p = random_payload(rng, m, 3);
     REQUIRE(p.index.size() > wire::kParallelMinCoefficients);
     const std::vector<uint8_t> one = encode_payload(m, p, 1);
-    for (unsigned threads : {2u, 7u, 0u}) {
+    REQUIRE(one.size() - 48 >= wire::kParallelMinBodyBytes);  // large enough to decode in parallel
+    for (unsigned threads : {1u, 2u, 7u, 16u, 0u}) {
       INFO("threads " << threads);
       REQUIRE(encode_payload(m, p, threads) == one);
+      PeerPayload q = decode_payload(m, one, threads);
+      REQUIRE(q.count == p.count);
+      REQUIRE(q.index == p.index);
+      REQUIRE(q.value == p.value);
     }
-    PeerPayload q = decode_payload(m, one);
-    REQUIRE(q.count == p.count);
-    REQUIRE(q.index == p.index);
-    REQUIRE(q.value == p.value);
   }
 }
 
-TEST_CASE("parallel encode_update equals the sequential encoder byte for byte", "[wire]") {
+TEST_CASE("parallel encode_update and decode_update equal the sequential ones", "[wire]") {
   std::mt19937_64 rng(3);
   for (ValueMode mode : {ValueMode::sign, ValueMode::int8}) {
     Manifest m = many_tensors(mode);
     MergedUpdate u = random_update(rng, m);
     REQUIRE(u.index.size() > wire::kParallelMinCoefficients);
     const std::vector<uint8_t> one = encode_update(m, u, 1);
-    for (unsigned threads : {2u, 7u, 0u}) {
+    REQUIRE(one.size() - 64 >= wire::kParallelMinBodyBytes);
+    for (unsigned threads : {1u, 2u, 7u, 16u, 0u}) {
       INFO("threads " << threads);
       REQUIRE(encode_update(m, u, threads) == one);
+      MergedUpdate v = decode_update(m, one, threads);
+      REQUIRE(v.offset == u.offset);
+      REQUIRE(v.index == u.index);
+      REQUIRE(v.value == u.value);
     }
-    MergedUpdate v = decode_update(m, one);
-    REQUIRE(v.offset == u.offset);
-    REQUIRE(v.index == u.index);
-    REQUIRE(v.value == u.value);
   }
 }
 
@@ -262,7 +237,7 @@ TEST_CASE("an invalid tensor in the middle gives the same error with any thread 
     const std::string one = error_of([&] { encode_payload(m, p, 1); }, Code::invalid_argument);
     INFO(one);
     CHECK_THAT(one, Catch::Contains(needle));
-    for (unsigned threads : {2u, 7u}) CHECK(error_of([&] { encode_payload(m, p, threads); }, Code::invalid_argument) == one);
+    for (unsigned threads : {2u, 7u, 16u}) CHECK(error_of([&] { encode_payload(m, p, threads); }, Code::invalid_argument) == one);
   };
   // Errors in a middle tensor and in later ones (in "big", split across pieces, and in the head):
   // the first in manifest order is reported.
@@ -299,7 +274,7 @@ TEST_CASE("an invalid tensor in the middle gives the same error with any thread 
     const std::string one = error_of([&] { encode_update(m, u, 1); }, Code::invalid_argument);
     INFO(one);
     CHECK_THAT(one, Catch::Contains(needle));
-    for (unsigned threads : {2u, 7u}) CHECK(error_of([&] { encode_update(m, u, threads); }, Code::invalid_argument) == one);
+    for (unsigned threads : {2u, 7u, 16u}) CHECK(error_of([&] { encode_update(m, u, threads); }, Code::invalid_argument) == one);
   };
   uint64_t big_chunk = 12000;
   while (ugood.offset[chunk_of("big", big_chunk) + 1] == ugood.offset[chunk_of("big", big_chunk)]) ++big_chunk;
@@ -316,6 +291,46 @@ TEST_CASE("an invalid tensor in the middle gives the same error with any thread 
     u.index[offset_of("l6.wq", c)] = 64;
     u.value[u.value.size() - 1] = 0;  // in a later tensor
     same_update_error(u, "encode_update: tensor 'l6.wq' chunk " + std::to_string(c) + ": index 64 is outside");
+  }
+}
+
+TEST_CASE("a message with several bad pieces gives the first one's error with any thread count", "[wire]") {
+  std::mt19937_64 rng(7);
+  Manifest m = many_tensors(ValueMode::sign);
+  // Pieces in body order: 0 embed (2048 chunks), 1..8 big (16384 chunks), then the rest.
+  REQUIRE(m.tensors[0].chunks == 2048);
+  REQUIRE(m.tensors[1].chunks == 16384);
+  const size_t pieces = size_t(wire::piece_count(m));
+  const std::vector<uint8_t> payload = encode_payload(m, random_payload(rng, m, 3), 1);
+  const std::vector<uint8_t> update = encode_update(m, random_update(rng, m), 1);
+  // 32 zero bits at the start of a piece: an exception count (payload) or a union size (update) far
+  // beyond what the piece can hold.
+  auto zero_start = [](std::vector<uint8_t>& b) { std::fill(b.begin(), b.begin() + 4, uint8_t(0)); };
+  auto trailing = [](std::vector<uint8_t>& b) { b.push_back(0); };
+  auto same_for_all = [&](auto decode, const std::vector<uint8_t>& msg, const std::string& needle) {
+    const std::string one = error_of([&] { decode(msg, 1u); }, Code::corrupt);
+    INFO(one);
+    CHECK_THAT(one, Catch::Contains(needle));
+    for (unsigned threads : {2u, 7u, 16u, 0u}) CHECK(error_of([&] { decode(msg, threads); }, Code::corrupt) == one);
+  };
+  auto dp = [&](const std::vector<uint8_t>& b, unsigned t) { decode_payload(m, b, t); };
+  auto du = [&](const std::vector<uint8_t>& b, unsigned t) { decode_update(m, b, t); };
+  {
+    auto b = test::edit_piece(payload, 40, pieces, 4, zero_start);
+    same_for_all(dp, b, "peer payload body, piece 4, tensor 'big' (#1), preamble: ");
+    b = test::edit_piece(b, 40, pieces, 1, zero_start);  // now the second piece is bad too
+    same_for_all(dp, b, "peer payload body, piece 1, tensor 'big' (#1), preamble: ");
+    b = test::edit_piece(payload, 40, pieces, pieces - 1, zero_start);
+    b = test::edit_piece(b, 40, pieces, 4, trailing);
+    same_for_all(dp, b, "peer payload body, piece 4, tensor 'big' (#1): 1 trailing bytes after the last field");
+  }
+  {
+    auto b = test::edit_piece(update, 56, pieces, 4, zero_start);
+    b = test::edit_piece(b, 56, pieces, 1, zero_start);
+    same_for_all(du, b, "merged update body, piece 1, tensor 'big' (#1), chunk 0: union of");
+    b = test::edit_piece(update, 56, pieces, 6, zero_start);
+    b = test::edit_piece(b, 56, pieces, 5, trailing);
+    same_for_all(du, b, "merged update body, piece 5, tensor 'big' (#1): 1 trailing bytes after the last field");
   }
 }
 

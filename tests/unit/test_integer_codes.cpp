@@ -1,4 +1,4 @@
-// The bit layer and the integer codes of wire format v1 (docs/protocol.md, "Integer codes").
+// The bit layer and the integer codes of wire format v2 (docs/protocol.md, "Integer codes").
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -61,6 +61,25 @@ TEST_CASE("bit writer and reader round-trip mixed fields LSB-first", "[wire]") {
   w2.put(0x3, 3);
   w2.finish();
   REQUIRE(b2 == std::vector<uint8_t>{0b11111101, 0b011});
+}
+
+TEST_CASE("bit writer align pads to a byte boundary, where each piece of a body starts", "[wire]") {
+  std::vector<uint8_t> b;
+  BitWriter w(b);
+  w.align();  // on a boundary: nothing
+  REQUIRE(w.bits_written(0) == 0);
+  w.put(0b101, 3);
+  w.align();
+  REQUIRE(w.bits_written(0) == 8);
+  w.align();
+  REQUIRE(w.bits_written(0) == 8);
+  w.put(0x3FFFFF, 22);  // 30 bits: aligning reaches 32 pending bits, which must be flushed
+  w.align();
+  REQUIRE(w.bits_written(0) == 32);
+  w.put(0xFFFFFFFF, 32);  // a full-width field right after: no overflow of the pending bits
+  w.put(1, 1);
+  w.finish();
+  REQUIRE(b == std::vector<uint8_t>{0x05, 0xFF, 0xFF, 0x3F, 0xFF, 0xFF, 0xFF, 0xFF, 0x01});
 }
 
 TEST_CASE("bit reader reports truncation instead of reading past the end", "[wire]") {

@@ -364,6 +364,22 @@ TEST_CASE("net limits: payload and update bounds hold for the largest messages",
     for (auto& p : all) merger.add(p);
     CHECK(encode_update(m, merger.finish(0.01f, 0.0f, 0)).size() <= max_update_bytes(m, all.size()));
   }
+  // Many one-element tensors: every tensor is a piece of its own, whose table entry and byte
+  // padding outweigh its few bits (a bound summing bits over one stream is about 5x too small).
+  std::vector<TensorSpec> specs;
+  for (int t = 0; t < 200; ++t) specs.push_back({"t" + std::to_string(t), {1}});
+  const Manifest m = make_manifest(specs, 16, 5, ValueMode::sign);
+  PeerPayload p;
+  p.run_id = 1, p.step = 1, p.peer_id = 0, p.manifest_hash = m.hash, p.values = ValueMode::sign;
+  for (size_t t = 0; t < specs.size(); ++t) {
+    p.count.push_back(1);
+    p.index.push_back(0);
+    p.value.push_back(t % 2 ? 1 : -1);
+  }
+  CHECK(encode_payload(m, p).size() <= max_payload_bytes(m));
+  Merger merger(m, 1, 1);
+  merger.add(p);
+  CHECK(encode_update(m, merger.finish(0.01f, 0.0f, 0)).size() <= max_update_bytes(m, 1));
 }
 
 TEST_CASE("net batch queue: fresh batches in order, missed ones first again", "[net]") {

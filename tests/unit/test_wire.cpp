@@ -1,7 +1,5 @@
-// Wire format v1: round trips, size targets and a corpus of malformed messages (docs/protocol.md).
+// Wire format v2: round trips, size targets and a corpus of malformed messages (docs/protocol.md).
 #include <catch2/catch.hpp>
-
-#include <openssl/sha.h>
 
 #include <algorithm>
 #include <bit>
@@ -19,9 +17,12 @@
 #include "wire/codec.hpp"
 #include "wire/integer_codes.hpp"
 #include "wire/messages.hpp"
+#include "wire_body.hpp"
 
 using namespace distro;
 using wire::BitWriter;
+using test::pieced;
+using test::reseal;
 
 namespace {
 
@@ -144,22 +145,8 @@ void put_le(std::vector<uint8_t>& out, uint64_t v, int bytes) {
   for (int i = 0; i < bytes; ++i) out.push_back(uint8_t(v >> (8 * i)));
 }
 
-uint64_t sha_prefix(const uint8_t* p, size_t n) {
-  unsigned char d[SHA256_DIGEST_LENGTH];
-  SHA256(p, n, d);
-  uint64_t h = 0;
-  for (int i = 0; i < 8; ++i) h |= uint64_t(d[i]) << (8 * i);
-  return h;
-}
-
-// Recomputes the trailing checksum after a test edited a message.
-void reseal(std::vector<uint8_t>& msg) {
-  uint64_t h = sha_prefix(msg.data(), msg.size() - 8);
-  for (int i = 0; i < 8; ++i) msg[msg.size() - 8 + i] = uint8_t(h >> (8 * i));
-}
-
 struct HeaderFields {
-  uint16_t version = 1;
+  uint16_t version = 2;
   uint8_t kind = 1;
   uint8_t values = 1;
   uint64_t run_id = 11, step = 22, manifest_hash = 0;
@@ -184,11 +171,11 @@ std::vector<uint8_t> craft(const HeaderFields& h, const std::vector<uint8_t>& bo
     put_le(out, h.prev_hash, 8);
   }
   out.insert(out.end(), body.begin(), body.end());
-  put_le(out, sha_prefix(out.data(), out.size()), 8);
+  put_le(out, test::sha_prefix(out.data(), out.size()), 8);
   return out;
 }
 
-// A body built field by field; bits() tells where the padding starts.
+// A piece's bit stream built field by field; bits() tells where the padding starts.
 struct Body {
   std::vector<uint8_t> bytes;
   BitWriter w{bytes};
@@ -237,7 +224,7 @@ TEST_CASE("payloads round-trip on random manifests in both value modes", "[wire]
 
       MessageHeader h = inspect_message(bytes);
       REQUIRE(h.kind == MessageKind::payload);
-      REQUIRE(h.version == 1);
+      REQUIRE(h.version == 2);
       REQUIRE(h.values == mode);
       REQUIRE(h.run_id == p.run_id);
       REQUIRE(h.step == p.step);
@@ -370,7 +357,8 @@ TEST_CASE("every single-bit flip of a small payload is rejected", "[wire]") {
 
 TEST_CASE("header checks name what was wrong", "[wire]") {
   Manifest m = tiny();
-  std::vector<uint8_t> body = Body().eg(0).bic({5}, 8).bits(1, 1).done();
+  const std::vector<uint8_t> piece = Body().eg(0).bic({5}, 8).bits(1, 1).done();
+  const std::vector<uint8_t> body = pieced({piece});  // 1 chunk: 1 piece
   HeaderFields h;
   h.manifest_hash = m.hash;
   {
@@ -391,11 +379,18 @@ TEST_CASE("header checks name what was wrong", "[wire]") {
     require_error([&] { decode_payload(m, b); }, Code::corrupt, "magic");
   }
   SECTION("wrong version") {
+    for (uint16_t version : {1, 3}) {
+      HeaderFields v = h;
+      v.version = version;
+      const std::string want = "wire version " + std::to_string(version) + " is not supported; this library reads version 2";
+      require_error([&] { decode_payload(m, craft(v, body)); }, Code::mismatch, want);
+      require_error([&] { inspect_message(craft(v, body)); }, Code::mismatch, want);
+    }
+    // A v1 message (the body one bit stream, no piece table) is refused by its version, before the
+    // table is looked at.
     HeaderFields v = h;
-    v.version = 2;
-    require_error([&] { decode_payload(m, craft(v, body)); }, Code::mismatch,
-                  "wire version 2 is not supported; this library reads version 1");
-    require_error([&] { inspect_message(craft(v, body)); }, Code::mismatch, "wire version 2");
+    v.version = 1;
+    require_error([&] { decode_payload(m, craft(v, piece)); }, Code::mismatch, "wire version 1 is not supported");
   }
   SECTION("unknown kind") {
     HeaderFields v = h;
@@ -407,7 +402,7 @@ TEST_CASE("header checks name what was wrong", "[wire]") {
                   "expected a merged update but the message is a peer payload");
     HeaderFields v = h;
     v.kind = 2;
-    require_error([&] { decode_payload(m, craft(v, Body().bits(0, 5).eg(0).done())); }, Code::mismatch,
+    require_error([&] { decode_payload(m, craft(v, pieced({Body().bits(0, 5).eg(0).done()}))); }, Code::mismatch,
                   "expected a peer payload but the message is a merged update");
   }
   SECTION("unknown value mode") {
@@ -440,26 +435,46 @@ TEST_CASE("header checks name what was wrong", "[wire]") {
     b.insert(b.end() - 8, uint8_t(0));  // one byte more than declared
     reseal(b);
     require_error([&] { decode_payload(m, b); }, Code::corrupt,
-                  "trailing bytes: the header declares a 1-byte body but 2 bytes");
+                  "trailing bytes: the header declares a 5-byte body but 6 bytes");
     auto c = craft(h, body);
-    c[36] = 3;  // declares 3 bytes, carries 1
+    c[36] = 7;  // declares 7 bytes, carries 5
     reseal(c);
     require_error([&] { decode_payload(m, c); }, Code::corrupt,
-                  "truncated: the header declares a 3-byte body but only 1 bytes");
+                  "truncated: the header declares a 7-byte body but only 5 bytes");
   }
-  SECTION("bytes after the last field of the body") {
-    auto b2 = body;
-    b2.push_back(0);
-    require_error([&] { decode_payload(m, craft(h, b2)); }, Code::corrupt, "1 trailing bytes after the last field");
+  SECTION("the piece table must fit in the body") {
+    for (size_t n : {0, 1, 3}) {
+      std::vector<uint8_t> short_body(n, 0);
+      require_error([&] { decode_payload(m, craft(h, short_body)); }, Code::corrupt,
+                    "peer payload body: truncated: the manifest cuts the body into 1 pieces, whose length table takes "
+                    "4 bytes, but the body is only " + std::to_string(n) + " bytes");
+    }
+  }
+  SECTION("the piece lengths must add up to the body") {
+    std::vector<uint8_t> b = body;  // a byte more after the piece than its table entry says
+    b.push_back(0);
+    require_error([&] { decode_payload(m, craft(h, b)); }, Code::corrupt,
+                  "peer payload body: the piece table's 1 lengths add up to 1 bytes, but 2 bytes follow the table");
+    b = body;
+    b[0] = 2;  // says 2 bytes; 1 follows
+    require_error([&] { decode_payload(m, craft(h, b)); }, Code::corrupt, "add up to 2 bytes, but 1 bytes follow");
+    b[0] = 0xFF, b[1] = 0xFF, b[2] = 0xFF, b[3] = 0xFF;  // a huge length is refused before it is used
+    require_error([&] { decode_payload(m, craft(h, b)); }, Code::corrupt, "add up to 4294967295 bytes, but 1 bytes");
+    // Consistent again when the entry counts the byte: then it trails the fields inside the piece.
+    auto longer = piece;
+    longer.push_back(0);
+    require_error([&] { decode_payload(m, craft(h, pieced({longer}))); }, Code::corrupt,
+                  "piece 0, tensor 'tiny' (#0): 1 trailing bytes after the last field (the piece is 2 bytes");
   }
   SECTION("nonzero padding") {
-    auto b2 = body;  // 1 + 3 + 1 = 5 bits used; bits 5..7 are padding
-    b2[0] |= 0x80;
-    require_error([&] { decode_payload(m, craft(h, b2)); }, Code::corrupt, "nonzero padding bits");
+    auto p2 = piece;  // 1 + 3 + 1 = 5 bits used; bits 5..7 are padding
+    p2[0] |= 0x80;
+    require_error([&] { decode_payload(m, craft(h, pieced({p2}))); }, Code::corrupt,
+                  "piece 0, tensor 'tiny' (#0): nonzero padding bits");
   }
-  SECTION("body ends early") {
-    std::vector<uint8_t> empty;
-    require_error([&] { decode_payload(m, craft(h, empty)); }, Code::corrupt, "tensor 'tiny' (#0), preamble: truncated");
+  SECTION("piece ends early") {
+    require_error([&] { decode_payload(m, craft(h, pieced({std::vector<uint8_t>{}}))); }, Code::corrupt,
+                  "piece 0, tensor 'tiny' (#0), preamble: truncated: needed 32 more bits at bit 0 of a 0-byte piece");
     Manifest m2 = make_manifest({{"big", {64, 64}}}, 64, 4, ValueMode::sign);
     HeaderFields v = h;
     v.manifest_hash = m2.hash;
@@ -468,27 +483,31 @@ TEST_CASE("header checks name what was wrong", "[wire]") {
     uint64_t used = body4.w.bits_written(0);
     REQUIRE((used % 8 != 0 && 8 - used % 8 < 4));  // the padding cannot stand in for 4 sign bits
     auto bb = body4.done();
-    require_error([&] { decode_payload(m2, craft(v, bb)); }, Code::corrupt, "tensor 'big' (#0), chunk 0: truncated");
+    require_error([&] { decode_payload(m2, craft(v, pieced({bb}))); }, Code::corrupt,
+                  "tensor 'big' (#0), chunk 0: truncated");
   }
   SECTION("overlong exp-Golomb code") {
     std::vector<uint8_t> zeros(12, 0);
     zeros.back() = 0xFF;
-    require_error([&] { decode_payload(m, craft(h, zeros)); }, Code::corrupt, "leading zero bits");
+    require_error([&] { decode_payload(m, craft(h, pieced({zeros}))); }, Code::corrupt, "leading zero bits");
   }
   SECTION("garbage after a valid header and checksum never decodes into something invalid") {
     std::mt19937_64 rng(22);
-    Manifest m3 = make_manifest({{"a", {16, 16}}, {"b", {12}}}, 16, 3, ValueMode::int8);
+    Manifest m3 = make_manifest({{"a", {16, 16}}, {"b", {12}}}, 16, 3, ValueMode::int8);  // 2 pieces
     HeaderFields v = h;
     v.manifest_hash = m3.hash;
     v.values = 2;
     int decoded = 0;
     for (int i = 0; i < 3000; ++i) {
-      std::vector<uint8_t> noise(rng() % 40);
-      for (auto& x : noise) x = uint8_t(rng());
+      std::vector<uint8_t> first(rng() % 40), second(rng() % 4);
+      for (auto& x : first) x = uint8_t(rng());
+      for (auto& x : second) x = uint8_t(rng());
+      // Mostly a consistent table with noise pieces; sometimes noise for the whole body.
+      std::vector<uint8_t> noise = i % 8 ? pieced({first, second}) : first;
       try {
         PeerPayload p = decode_payload(m3, craft(v, noise));
         ++decoded;
-        REQUIRE(encode_payload(m3, p).size() > 0);  // the encoder's validation accepts it
+        REQUIRE(encode_payload(m3, p) == craft(v, noise));  // the encoder's validation accepts it, byte for byte
       } catch (const Error& e) {
         REQUIRE(e.code() == Code::corrupt);
       }
@@ -499,20 +518,18 @@ TEST_CASE("header checks name what was wrong", "[wire]") {
 
 TEST_CASE("payload body fields out of range are rejected with the tensor and chunk", "[wire]") {
   Manifest m = make_manifest({{"emb", {16, 16}}, {"norm", {16}}}, 8, 2, ValueMode::int8);
-  // emb: 4 chunks of 64, k = 2; norm: 2 chunks of 8, k = 2.
+  // emb: 4 chunks of 64, k = 2; norm: 2 chunks of 8, k = 2. One piece each.
   HeaderFields h;
   h.manifest_hash = m.hash;
   h.values = 2;
-  auto ok_rest = [](Body& b) {  // the norm tensor, valid: no exceptions, 2 x (2 indices, 2 values)
-    b.eg(0).bic({0, 7}, 8).bits(1, 8).bits(2, 8).bic({3, 4}, 8).bits(3, 8).bits(4, 8);
-  };
+  const std::vector<uint8_t> ok_norm =  // the norm tensor, valid: no exceptions, 2 x (2 indices, 2 values)
+      Body().eg(0).bic({0, 7}, 8).bits(1, 8).bits(2, 8).bic({3, 4}, 8).bits(3, 8).bits(4, 8).done();
   {
     Body b;
     b.eg(1).eg(2).tb(0, 2);  // one exception: chunk 2 sends 0
     for (int c = 0; c < 4; ++c)
       if (c != 2) b.bic({1, 63}, 64).bits(0x7F, 8).bits(0x81, 8);
-    ok_rest(b);
-    PeerPayload p = decode_payload(m, craft(h, b.done()));
+    PeerPayload p = decode_payload(m, craft(h, pieced({b.done(), ok_norm})));
     REQUIRE(p.count == std::vector<uint16_t>{2, 2, 0, 2, 2, 2});
     REQUIRE(p.value[0] == 127);
     REQUIRE(p.value[1] == -127);
@@ -520,30 +537,36 @@ TEST_CASE("payload body fields out of range are rejected with the tensor and chu
   SECTION("more exceptions than chunks") {
     Body b;
     b.eg(5);
-    require_error([&] { decode_payload(m, craft(h, b.done())); }, Code::corrupt,
-                  "tensor 'emb' (#0), preamble: 5 chunks are listed as sending fewer than k = 2 coefficients, "
-                  "but the tensor has only 4 chunks");
+    require_error([&] { decode_payload(m, craft(h, pieced({b.done(), ok_norm}))); }, Code::corrupt,
+                  "peer payload body, piece 0, tensor 'emb' (#0), preamble: 5 chunks are listed as sending fewer than "
+                  "k = 2 coefficients, but the piece has only 4 chunks");
   }
   SECTION("exception past the last chunk") {
     Body b;
     b.eg(2).eg(1).tb(1, 2).eg(2);
-    require_error([&] { decode_payload(m, craft(h, b.done())); }, Code::corrupt,
-                  "exception 1 names chunk 2 + 2, past the tensor's last chunk 3");
+    require_error([&] { decode_payload(m, craft(h, pieced({b.done(), ok_norm}))); }, Code::corrupt,
+                  "exception 1 names chunk 2 + 2, past the piece's last chunk 3");
   }
   SECTION("int8 value -128") {
     Body b;
     b.eg(0);
     b.bic({1, 63}, 64).bits(0x05, 8).bits(0x80, 8);
-    require_error([&] { decode_payload(m, craft(h, b.done())); }, Code::corrupt,
+    require_error([&] { decode_payload(m, craft(h, pieced({b.done(), ok_norm}))); }, Code::corrupt,
                   "tensor 'emb' (#0), chunk 0: int8 value -128 for coefficient 63");
   }
   SECTION("second tensor truncated") {
     Body b;
     b.eg(0);
     for (int c = 0; c < 4; ++c) b.bic({1, 63}, 64).bits(1, 8).bits(1, 8);
-    b.eg(0).bic({0, 7}, 8).bits(1, 8);
-    require_error([&] { decode_payload(m, craft(h, b.done())); }, Code::corrupt,
-                  "tensor 'norm' (#1), chunk 0: truncated");
+    require_error([&] { decode_payload(m, craft(h, pieced({b.done(), Body().eg(0).bic({0, 7}, 8).bits(1, 8).done()}))); },
+                  Code::corrupt, "peer payload body, piece 1, tensor 'norm' (#1), chunk 0: truncated");
+  }
+  SECTION("a piece's fields do not run on into the next piece") {
+    Body b;  // emb's piece stops after chunk 0's indices: its values are in the next piece's bytes
+    b.eg(0).bic({1, 63}, 64);
+    std::vector<uint8_t> rest = Body().bits(1, 8).bits(1, 8).done();
+    require_error([&] { decode_payload(m, craft(h, pieced({b.done(), rest}))); }, Code::corrupt,
+                  "piece 0, tensor 'emb' (#0), chunk 0: truncated");
   }
 }
 
@@ -552,9 +575,10 @@ TEST_CASE("merged update body fields out of range are rejected", "[wire]") {
   HeaderFields h;
   h.kind = 2;
   h.manifest_hash = m.hash;
+  auto msg = [](const HeaderFields& hf, const std::vector<uint8_t>& piece) { return craft(hf, pieced({piece})); };
   {
     auto b = Body().bits(2, 5).eg(2).bic({4, 9}, 64).bits(0b11, 2).bits(0b01, 2).done();
-    MergedUpdate u = decode_update(m, craft(h, b));
+    MergedUpdate u = decode_update(m, msg(h, b));
     REQUIRE(u.offset == std::vector<uint32_t>{0, 2});
     REQUIRE(u.index == std::vector<uint16_t>{4, 9});
     REQUIRE(u.value == std::vector<int32_t>{-1, 1});
@@ -565,79 +589,210 @@ TEST_CASE("merged update body fields out of range are rejected", "[wire]") {
   }
   SECTION("zero value") {
     auto b = Body().bits(3, 5).eg(1).bic({4}, 64).bits(0, 3).done();
-    require_error([&] { decode_update(m, craft(h, b)); }, Code::corrupt,
+    require_error([&] { decode_update(m, msg(h, b)); }, Code::corrupt,
                   "tensor 'w' (#0), chunk 0: merged value 0 for coefficient 4 is outside the non-zero range -256..256");
   }
   SECTION("value too large") {
     auto b = Body().bits(10, 5).eg(1).bic({4}, 64).bits(300, 10).done();
-    require_error([&] { decode_update(m, craft(h, b)); }, Code::corrupt, "merged value 300 for coefficient 4");
+    require_error([&] { decode_update(m, msg(h, b)); }, Code::corrupt, "merged value 300 for coefficient 4");
     auto c = Body().bits(10, 5).eg(1).bic({4}, 64).bits(1024 - 257, 10).done();
-    require_error([&] { decode_update(m, craft(h, c)); }, Code::corrupt, "merged value -257");
+    require_error([&] { decode_update(m, msg(h, c)); }, Code::corrupt, "merged value -257");
   }
   SECTION("width beyond what the mode needs") {
     auto b = Body().bits(11, 5).eg(0).done();
-    require_error([&] { decode_update(m, craft(h, b)); }, Code::corrupt,
+    require_error([&] { decode_update(m, msg(h, b)); }, Code::corrupt,
                   "value width 11 bits exceeds the 10 bits that merged sign values need");
   }
   SECTION("union larger than the chunk") {
     auto b = Body().bits(2, 5).eg(65).done();
-    require_error([&] { decode_update(m, craft(h, b)); }, Code::corrupt,
+    require_error([&] { decode_update(m, msg(h, b)); }, Code::corrupt,
                   "union of 65 coefficients; the chunk has only 64");
   }
   SECTION("a width wider than the values need (the format has one encoding per update)") {
     auto b = Body().bits(4, 5).eg(2).bic({4, 9}, 64).bits(0b1111, 4).bits(0b0001, 4).done();
-    require_error([&] { decode_update(m, craft(h, b)); }, Code::corrupt,
-                  "tensor 'w' (#0), preamble: value width 4 is not the smallest that fits the tensor's values (2 bits do)");
+    require_error([&] { decode_update(m, msg(h, b)); }, Code::corrupt,
+                  "merged update body, piece 0, tensor 'w' (#0), preamble: value width 4 is not the smallest that fits the piece's values (2 bits do)");
   }
   SECTION("agreement coding: +-256 as a sign bit and the distance from 256") {
     // Values -256, 256, 255: sign bit + EG(0) = 2 bits, 2 bits, and 1 + EG(1) = 4 bits (8 < 30).
     auto b = Body().bits(31, 5).eg(3).bic({1, 2, 40}, 64).bits(1, 1).eg(0).bits(0, 1).eg(0).bits(0, 1).eg(1).done();
-    MergedUpdate u = decode_update(m, craft(h, b));
+    MergedUpdate u = decode_update(m, msg(h, b));
     REQUIRE(u.value == std::vector<int32_t>{-256, 256, 255});
     // The encoder picks it for such values, and the result is much smaller than 10-bit fields.
     auto bytes = encode_update(m, u);
-    CHECK(bytes == craft(h, b));
+    CHECK(bytes == msg(h, b));
   }
   SECTION("agreement coding where the fixed width is no larger") {
     auto b = Body().bits(31, 5).eg(1).bic({4}, 64).bits(0, 1).eg(255).done();  // value 1: 16 bits vs 2
-    require_error([&] { decode_update(m, craft(h, b)); }, Code::corrupt,
+    require_error([&] { decode_update(m, msg(h, b)); }, Code::corrupt,
                   "values use the agreement coding where the fixed width of 2 bits is no larger");
   }
   SECTION("fixed width where the agreement coding is smaller") {
     auto b = Body().bits(10, 5).eg(1).bic({4}, 64).bits(256, 10).done();  // 10 bits vs 2
-    require_error([&] { decode_update(m, craft(h, b)); }, Code::corrupt,
+    require_error([&] { decode_update(m, msg(h, b)); }, Code::corrupt,
                   "values use a fixed width where the agreement coding is smaller");
   }
   SECTION("agreement distance that would make the value zero or negative") {
     auto b = Body().bits(31, 5).eg(1).bic({4}, 64).bits(0, 1).eg(256).done();
-    require_error([&] { decode_update(m, craft(h, b)); }, Code::corrupt,
+    require_error([&] { decode_update(m, msg(h, b)); }, Code::corrupt,
                   "merged value distance 256 from full agreement for coefficient 4 is outside 0..255");
   }
   SECTION("values present with width 0") {
     auto b = Body().bits(0, 5).eg(1).bic({4}, 64).done();
-    require_error([&] { decode_update(m, craft(h, b)); }, Code::corrupt, "value width is 0");
+    require_error([&] { decode_update(m, msg(h, b)); }, Code::corrupt, "value width is 0");
   }
   SECTION("fewer bits than the values need") {
     auto b = Body().bits(8, 5).eg(64).bits(0x11, 8).done();
-    require_error([&] { decode_update(m, craft(h, b)); }, Code::corrupt, "chunk 0: truncated: 64 values of at least 8 bits");
+    require_error([&] { decode_update(m, msg(h, b)); }, Code::corrupt, "chunk 0: truncated: 64 values of at least 8 bits");
   }
   SECTION("lr or decay factor not usable") {
     HeaderFields v = h;
     auto b = Body().bits(0, 5).eg(0).done();
     v.lr = std::numeric_limits<float>::quiet_NaN();
-    require_error([&] { decode_update(m, craft(v, b)); }, Code::corrupt, "lr nan is not a finite value >= 0");
+    require_error([&] { decode_update(m, msg(v, b)); }, Code::corrupt, "lr nan is not a finite value >= 0");
     v.lr = 0.1f;
     v.decay = 1.5f;
-    require_error([&] { decode_update(m, craft(v, b)); }, Code::corrupt, "decay_factor 1.5 is not in (0, 1]");
+    require_error([&] { decode_update(m, msg(v, b)); }, Code::corrupt, "decay_factor 1.5 is not in (0, 1]");
   }
   SECTION("trailing bytes and padding") {
     auto b = Body().bits(0, 5).eg(0).done();  // 6 bits
     auto c = b;
     c.push_back(0);
-    require_error([&] { decode_update(m, craft(h, c)); }, Code::corrupt, "1 trailing bytes after the last field");
+    require_error([&] { decode_update(m, msg(h, c)); }, Code::corrupt, "1 trailing bytes after the last field");
     c = b;
     c[0] |= 0x40;
-    require_error([&] { decode_update(m, craft(h, c)); }, Code::corrupt, "nonzero padding bits");
+    require_error([&] { decode_update(m, msg(h, c)); }, Code::corrupt, "nonzero padding bits");
+  }
+}
+
+// ---- pieces ----------------------------------------------------------------------------------------
+
+TEST_CASE("the piece table: the worked example of docs/protocol.md section 3", "[wire]") {
+  // a: 5000 chunks of 8x8 (pieces 0..2: chunks 0..2047, 2048..4095, 4096..4999); b: 1 chunk (piece 3).
+  // k = 1 and every chunk sends nothing, so each piece is EG(chunks), then EG(0) = one 1 bit per
+  // chunk (gaps of 0) and TB(0, 1) = no bits.
+  Manifest m = make_manifest({{"a", {8, 40000}}, {"b", {8}}}, 8, 1, ValueMode::sign);
+  REQUIRE(m.tensors[0].chunks == 5000);
+  REQUIRE(m.tensors[1].chunks == 1);
+  REQUIRE(wire::piece_count(m) == 4);
+  PeerPayload p;
+  p.manifest_hash = m.hash;
+  p.count.assign(5001, 0);
+  const std::vector<uint8_t> bytes = encode_payload(m, p);
+  // EG(2048): 11 zeros, a 1, the 11-bit field 1, then 2048 ones: 2071 bits, 259 bytes.
+  std::vector<uint8_t> full = {0x00, 0x18, 0x80};
+  full.insert(full.end(), 255, 0xFF);
+  full.push_back(0x7F);
+  // EG(904): 9 zeros, a 1, the 9-bit field 905 - 512 = 393, then 904 ones: 923 bits, 116 bytes.
+  Body last;
+  last.eg(904);
+  for (int i = 0; i < 904; ++i) last.bits(1, 1);
+  const std::vector<uint8_t> tail = last.done();
+  REQUIRE(tail.size() == 116);
+  const std::vector<uint8_t> one = {0x0A};  // EG(1) = 0 1 0, then EG(0) = 1: bits 0 1 0 1
+  const std::vector<uint8_t> table = {0x03, 0x01, 0, 0, 0x03, 0x01, 0, 0, 0x74, 0, 0, 0, 0x01, 0, 0, 0};
+  std::vector<uint8_t> body = pieced({full, full, tail, one});
+  REQUIRE(std::vector<uint8_t>(body.begin(), body.begin() + 16) == table);
+  REQUIRE(body.size() == 651);
+  HeaderFields h;
+  h.manifest_hash = m.hash;
+  h.run_id = h.step = 0;
+  h.peer = 0;
+  REQUIRE(bytes == craft(h, body));
+  require_equal(p, decode_payload(m, bytes));
+}
+
+TEST_CASE("tensors of 2048, 2049 and more chunks round-trip in several pieces", "[wire]") {
+  // chunk 4 (16 coefficients), k = 3: "exact" is one full piece, "over" a full one and one of a
+  // single chunk, "many" three.
+  std::mt19937_64 rng(14);
+  for (ValueMode mode : {ValueMode::sign, ValueMode::int8}) {
+    Manifest m = make_manifest({{"exact", {4, 4 * 2048}}, {"over", {4, 4 * 2049}}, {"norm", {7}}, {"many", {12, 4 * 1700}}},
+                               4, 3, mode);
+    REQUIRE(m.tensors[0].chunks == 2048);
+    REQUIRE(m.tensors[1].chunks == 2049);
+    REQUIRE(m.tensors[3].chunks == 5100);
+    REQUIRE(wire::piece_count(m) == 1 + 2 + 1 + 3);
+    for (double short_prob : {0.0, 0.3, 1.0}) {
+      PeerPayload p = random_payload(rng, m, short_prob);
+      std::vector<uint8_t> bytes = encode_payload(m, p);
+      PeerPayload q = decode_payload(m, bytes);
+      require_equal(p, q);
+      REQUIRE(encode_payload(m, q) == bytes);
+      // The table's lengths add up to the body after it.
+      const std::vector<size_t> at = test::piece_offsets(bytes, kPayloadHeader, 7);
+      REQUIRE(at.back() == bytes.size() - 8);
+    }
+    MergedUpdate u = random_update(rng, m);
+    std::vector<uint8_t> ub = encode_update(m, u);
+    MergedUpdate v = decode_update(m, ub);
+    require_equal(u, v);
+    REQUIRE(encode_update(m, v) == ub);
+    REQUIRE(test::piece_offsets(ub, kUpdateHeader, 7).back() == ub.size() - 8);
+  }
+}
+
+TEST_CASE("an update's value width is chosen per piece", "[wire]") {
+  // One tensor of 2049 chunks of 4: piece 0 (chunks 0..2047) holds values of +-1 (2-bit fields),
+  // piece 1 (chunk 2048) a value of 100 (8-bit fields).
+  Manifest m = make_manifest({{"w", {2, 2 * 2049}}}, 2, 1, ValueMode::int8);
+  REQUIRE(m.tensors[0].chunks == 2049);
+  MergedUpdate u;
+  u.manifest_hash = m.hash;
+  u.values = ValueMode::int8;
+  u.lr = 0.5f;
+  u.decay_factor = 0.75f;
+  u.offset.push_back(0);
+  for (uint32_t c = 0; c < 2049; ++c) {
+    u.index.push_back(uint16_t(c % 4));
+    u.value.push_back(c == 2048 ? 100 : (c % 2 ? 1 : -1));
+    u.offset.push_back(c + 1);
+  }
+  Body first;
+  first.bits(2, 5);
+  for (uint32_t c = 0; c < 2048; ++c) first.eg(1).bic({uint16_t(c % 4)}, 4).bits(c % 2 ? 1 : 3, 2);
+  const std::vector<uint8_t> second = Body().bits(8, 5).eg(1).bic({0}, 4).bits(100, 8).done();
+  HeaderFields h;
+  h.kind = 2;
+  h.values = 2;
+  h.manifest_hash = m.hash;
+  h.run_id = h.step = h.prev_hash = 0;
+  h.peer = 0;
+  const std::vector<uint8_t> want = craft(h, pieced({first.done(), second}));
+  REQUIRE(encode_update(m, u) == want);
+  require_equal(u, decode_update(m, want));
+}
+
+TEST_CASE("errors inside a middle piece name the piece", "[wire]") {
+  // Three tensors of one chunk each: three pieces.
+  Manifest m = make_manifest({{"a", {8}}, {"b", {8}}, {"c", {8}}}, 8, 1, ValueMode::sign);
+  HeaderFields h;
+  h.manifest_hash = m.hash;
+  const std::vector<uint8_t> ok = Body().eg(0).bic({5}, 8).bits(1, 1).done();  // 5 bits used
+  REQUIRE_NOTHROW(decode_payload(m, craft(h, pieced({ok, ok, ok}))));
+  SECTION("nonzero padding") {
+    auto bad = ok;
+    bad[0] |= 0x20;
+    require_error([&] { decode_payload(m, craft(h, pieced({ok, bad, ok}))); }, Code::corrupt,
+                  "peer payload body, piece 1, tensor 'b' (#1): nonzero padding bits after the last field");
+  }
+  SECTION("trailing bytes") {
+    auto bad = ok;
+    bad.push_back(0);
+    bad.push_back(0);
+    require_error([&] { decode_payload(m, craft(h, pieced({ok, bad, ok}))); }, Code::corrupt,
+                  "peer payload body, piece 1, tensor 'b' (#1): 2 trailing bytes after the last field (the piece is 3 "
+                  "bytes, its fields end in byte 1)");
+  }
+  SECTION("an empty piece") {
+    require_error([&] { decode_payload(m, craft(h, pieced({ok, ok, {}}))); }, Code::corrupt,
+                  "piece 2, tensor 'c' (#2), preamble: truncated");
+  }
+  SECTION("the first bad piece in body order is reported") {
+    auto pad = ok;
+    pad[0] |= 0x80;
+    require_error([&] { decode_payload(m, craft(h, pieced({ok, pad, {}}))); }, Code::corrupt,
+                  "piece 1, tensor 'b' (#1): nonzero padding bits");
   }
 }
 
@@ -680,7 +835,7 @@ TEST_CASE("encoders reject invalid input", "[wire]") {
   require_error([&] { encode_payload(mbig, pb); }, Code::unsupported, "tensor 'full' has k = 65536");
   HeaderFields hb;
   hb.manifest_hash = mbig.hash;
-  require_error([&] { decode_payload(mbig, craft(hb, {0x01})); }, Code::unsupported, "at most 65535");
+  require_error([&] { decode_payload(mbig, craft(hb, pieced({std::vector<uint8_t>{0x01}}))); }, Code::unsupported, "at most 65535");
 
   MergedUpdate u;
   u.manifest_hash = m.hash;
@@ -727,7 +882,7 @@ TEST_CASE("inspect_message reads both kinds without a manifest", "[wire]") {
   MergedUpdate u = random_update(rng, m);
   MessageHeader hu = inspect_message(encode_update(m, u));
   REQUIRE(hu.kind == MessageKind::update);
-  REQUIRE(hu.version == 1);
+  REQUIRE(hu.version == 2);
   REQUIRE(hu.run_id == u.run_id);
   REQUIRE(hu.step == u.step);
   REQUIRE(hu.peer_id == u.contributors);
