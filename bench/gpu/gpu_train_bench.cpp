@@ -130,6 +130,17 @@ int main(int argc, char** argv) {
     uint64_t up = 0, down = 0;
     double loss = 0.0;
     std::future<MergedUpdate> pending;  // --overlap: the previous step's update, being merged
+    // One step's times (kept after the warm-up) and its line.
+    const auto record = [&](unsigned s, double t0, double t1, double t2, double step_loss) {
+      if (s > o.warmup) {
+        step_s.push_back(t2 - t0);
+        fb_s.push_back(t1 - t0);
+        opt_s.push_back(t2 - t1);
+      }
+      loss = step_loss;
+      std::printf("step %u: %.1f ms (forward+backward %.1f ms), loss %.4f\n", s, (t2 - t0) * 1e3, (t1 - t0) * 1e3,
+                  step_loss);
+    };
     for (unsigned s = 1; s <= o.warmup + o.steps; ++s) {
       for (size_t i = 0; i < n; ++i) tokens[i] = int32_t(rng() % uint64_t(mc.vocab));
       for (size_t i = 0; i < n; ++i) targets[i] = int32_t(rng() % uint64_t(mc.vocab));
@@ -161,14 +172,7 @@ int main(int argc, char** argv) {
           up = payload.size(), down = update.size();
           return decode_update(m, update);
         });
-        if (s > o.warmup) {
-          step_s.push_back(t2 - t0);
-          fb_s.push_back(t1 - t0);
-          opt_s.push_back(t2 - t1);
-        }
-        loss = g.loss;
-        std::printf("step %u: %.1f ms (forward+backward %.1f ms), loss %.4f\n", s, (t2 - t0) * 1e3, (t1 - t0) * 1e3,
-                    g.loss);
+        record(s, t0, t1, t2, g.loss);
         continue;
       }
       // The node's part: compress on the device and encode; the coordinator's part: merge and
@@ -194,14 +198,7 @@ int main(int argc, char** argv) {
         apply_s.push_back(t2 - t_m);
       }
       up = payload.size(), down = update.size();
-      if (s > o.warmup) {
-        step_s.push_back(t2 - t0);
-        fb_s.push_back(t1 - t0);
-        opt_s.push_back(t2 - t1);
-      }
-      loss = g.loss;
-      std::printf("step %u: %.1f ms (forward+backward %.1f ms), loss %.4f\n", s, (t2 - t0) * 1e3, (t1 - t0) * 1e3,
-                  g.loss);
+      record(s, t0, t1, t2, g.loss);
     }
     if (pending.valid()) opt_apply_last(peer, pending.get());
     const uint64_t used = device_used_bytes();

@@ -227,6 +227,23 @@ TEST_CASE("overlap applies each update one step late, ends with all of them, and
   expect_error([&] { Trainer bad(c); }, Code::invalid_argument, "overlap needs the distro optimizer");
 }
 
+TEST_CASE("the replica hands its measured gradient norm to the optimizer, and only that gradient's", "[train]") {
+  Scratch s;
+  TrainConfig c = tiny(s);
+  const LlamaConfig mc = llama_preset("nano", 257);
+  std::vector<int32_t> tok(size_t(c.batch) * c.seq), tgt(tok.size());
+  for (size_t i = 0; i < tok.size(); ++i) tok[i] = int32_t((i * 37) % 257), tgt[i] = int32_t((i * 91 + 5) % 257);
+  Replica r(c, mc, 0, 9, "cpu");
+  // Measured (train_batch): the optimizer's momentum bound stays known, so its check can be skipped.
+  r.train_batch(tok.data(), tgt.data());
+  r.compress_payload(1, 3e-3f);
+  CHECK(std::isfinite(r.optimizer().momentum_bound()));
+  // A new gradient whose norm was not measured: no stale norm goes along, the bound becomes unknown.
+  r.compute_grad(tok.data(), tgt.data());
+  r.compress_payload(2, 3e-3f);
+  CHECK(std::isinf(r.optimizer().momentum_bound()));
+}
+
 TEST_CASE("DisTrO's clip folds the factor into the compress's learning rate", "[train]") {
   Scratch s;
   TrainConfig c = tiny(s);
