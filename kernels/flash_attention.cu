@@ -47,6 +47,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "cuda/flash_attention.hpp"
@@ -144,6 +145,26 @@ __device__ __forceinline__ u32 bkn_addr(const bf16* t, int ld, int k0, int n0, i
   return smem_addr(t + (k0 + (((lane >> 3) & 1) << 3) + (lane & 7)) * ld + n0 + ((lane >> 4) << 3));
 }
 
+// A operand (16 rows x 16 columns at (m0, k0)) from a tile stored [k][m] (A = tile^T): regs a0..a3
+// of mma. Transposed ldmatrix: matrix i (rows m0 + 8 (i & 1).., columns k0 + 8 (i >> 1)..) is read
+// from the stored rows k0 + 8 (i >> 1).. at column m0 + 8 (i & 1).
+__device__ __forceinline__ u32 akm_addr(const bf16* t, int ld, int m0, int k0, int lane) {
+  return smem_addr(t + (k0 + ((lane >> 4) << 3) + (lane & 7)) * ld + m0 + (((lane >> 3) & 1) << 3));
+}
+
+// 16 bytes from global to shared memory without registers (cp.async), zeros when !ok; complete
+// after cp_async_wait().
+__device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool ok) {
+#if DISTRO_FLASH_DEVICE
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0) : "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_wait() {
+#if DISTRO_FLASH_DEVICE
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float4 load4(const float* p) { return __ldg(reinterpret_cast<const float4*>(p)); }
 
 // 16 bytes of read-only global memory when `ok`, else zeros. A volatile asm keeps the load where
@@ -175,6 +196,22 @@ __device__ __forceinline__ void store4_bf16(bf16* p, float4 v) {
   *reinterpret_cast<uint2*>(p) = make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
 }
 
+// A warp's 16 x 8N accumulator tile (rows r0 and r0 + 8 of this lane's group, columns 2c, 2c + 1 of
+// each 8) times scale into float32 rows of stride ld; rows at or past T are not written.
+template <int N>
+__device__ __forceinline__ void store_rows(float* out, int64_t ld, int r0, int T, int c, const float (&acc)[N][4],
+                                           float scale) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = r0 + 8 * half;
+    if (r >= T) continue;
+    float* p = out + int64_t(r) * ld + 2 * c;
+#pragma unroll
+    for (int n = 0; n < N; ++n)
+      *reinterpret_cast<float2*>(p + n * 8) = make_float2(acc[n][2 * half] * scale, acc[n][2 * half + 1] * scale);
+  }
+}
+
 // ---- Tiles -------------------------------------------------------------------------------------
 
 // Rows row0..row0+R-1 of a float32 [*, D] matrix with row stride ld into a bf16 tile [R][D + 8];
@@ -199,18 +236,19 @@ __device__ __forceinline__ void load_tile(bf16* t, const float* g, int64_t ld, i
   }
 }
 
-// Streams R-row tiles of two float32 arrays into bf16 shared tiles, in NP pieces of PF float4 per
-// thread (the first PF * NT float4 of the pair's 2 * R * D / 4, then the next ...). load(s)
-// issues piece s into registers; store(s) rounds and writes it.
-template <int R, int D, int PFMAX, int NT = kThreads>
-struct Stream2 {
+// Streams R-row tiles of NA (1 or 2) float32 arrays into bf16 shared tiles, in NP pieces of PF
+// float4 per thread (the first PF * NT float4 of the arrays' NA * R * D / 4, then the next ...).
+// load(s) issues piece s into registers; store(s) rounds and writes it (g1, t1 unused when NA = 1).
+template <int NA, int R, int D, int PFMAX, int NT = kThreads>
+struct StreamN {
   static constexpr int kRow4 = D / 4;       // float4 per row
   static constexpr int RP = NT / kRow4;     // rows one float4 per thread covers
   static constexpr int F = R * kRow4 / NT;  // float4 per thread per array
+  static_assert(NA == 1 || NA == 2, "one or two arrays");
   static_assert(NT % kRow4 == 0 && R % RP == 0 && F >= 1, "tile does not split over the threads");
-  static constexpr int PF = 2 * F < PFMAX ? 2 * F : PFMAX;
-  static_assert((2 * F) % PF == 0, "pieces must tile the pair");
-  static constexpr int NP = 2 * F / PF;
+  static constexpr int PF = NA * F < PFMAX ? NA * F : PFMAX;
+  static_assert((NA * F) % PF == 0, "pieces must tile the arrays");
+  static constexpr int NP = NA * F / PF;
   float4 r[PF];
 
   // Element i of piece s is float4 (row tid / kRow4 + (idx % F) RP, column tid % kRow4) of array
@@ -242,6 +280,10 @@ struct Stream2 {
     }
   }
 };
+template <int R, int D, int PFMAX, int NT = kThreads>
+using Stream2 = StreamN<2, R, D, PFMAX, NT>;
+template <int R, int D, int PFMAX, int NT = kThreads>
+using Stream1 = StreamN<1, R, D, PFMAX, NT>;
 
 // The NP pieces of one tile are spread over a loop iteration: NPA in its first product phase (at
 // k-steps evenly spaced over KA), the rest in its second (over KB). Slot s stores piece s of the
@@ -266,11 +308,15 @@ struct FwdCfg {
 
 // BN keys per CTA (WK = BN / 16 warps along the keys), query tiles of BM rows. Products of the
 // first phase: warp (kw, qw) computes S^T and dP^T for keys 16 kw.. and QW = BM / WQ queries; of
-// the second: warp (kw, dw) accumulates dV and dK for keys 16 kw.. and DW = D / WQ columns.
+// the second: warp (kw2, dw) accumulates dV and dK for the MK2 x 16 keys from MK2 16 kw2 and the
+// DW = D / WD2 columns from DW dw: two key blocks of 16 per warp, so each B fragment read from
+// shared memory feeds two products (with one, the loop read 1.5 times the bytes per product).
 template <int D, int BN, int BM>
 struct BkvCfg {
-  static constexpr int WK = BN / 16, WQ = kWarps / WK, QW = BM / WQ, DW = D / WQ, SD = D + 8, SP = BM + 8;
-  static_assert(kWarps % WK == 0 && BM % WQ == 0 && QW % 16 == 0 && D % WQ == 0 && DW % 16 == 0, "layout");
+  static constexpr int WK = BN / 16, WQ = kWarps / WK, QW = BM / WQ, SD = D + 8, SP = BM + 8;
+  static constexpr int MK2 = 2, WK2 = BN / (16 * MK2), WD2 = kWarps / WK2, DW = D / WD2;
+  static_assert(kWarps % WK == 0 && BM % WQ == 0 && QW % 16 == 0, "layout of the first phase");
+  static_assert(BN % (16 * MK2) == 0 && kWarps % WK2 == 0 && D % WD2 == 0 && DW % 16 == 0, "layout of the second");
   // K, V, Q[2], dO[2] (bf16 [*][SD]); P^T, dS^T (bf16 [BN][SP]); lse * log2(e) [2][BM], Dt [2][BM].
   static constexpr size_t kSmem =
       size_t(2 * BN + 4 * BM) * SD * sizeof(bf16) + size_t(2 * BN) * SP * sizeof(bf16) + 4 * BM * sizeof(float);
@@ -281,6 +327,32 @@ struct BqCfg {
   static constexpr int BM = 16 * kWarps, SD = D + 8;
   static constexpr bool kRegs = D <= 64;  // Q and dO fragments in registers
   static constexpr size_t kSmem = size_t(2 * BM + 4 * BN) * SD * sizeof(bf16);  // Q, dO, K[2], V[2]
+};
+
+// The dK/dV kernel's dS tiles, kept for the dQ kernel: per (batch, head) the tiles (kb, i) of key
+// block kb (BN keys) and query tile i >= kb BN / BM (BM queries), kb-major, [BN][BM] bf16 each
+// (dS^T, as the dK/dV kernel holds it).
+template <int BN, int BM>
+struct DsTiles {
+  static constexpr int R = BN / BM;
+  static_assert(BN % BM == 0, "key blocks hold whole query tiles");
+  static constexpr int64_t kElems = int64_t(BN) * BM;
+  __host__ __device__ static int64_t per_head(int T) {
+    const int64_t nqt = (T + BM - 1) / BM, nkb = (T + BN - 1) / BN;
+    return nkb * nqt - R * nkb * (nkb - 1) / 2;
+  }
+  __host__ __device__ static int64_t index(int kb, int i, int nqt) {
+    return int64_t(kb) * nqt - int64_t(R) * kb * (kb - 1) / 2 + (i - R * kb);
+  }
+};
+
+// dQ from the stored dS: BM = 16 x 8 query rows per CTA, key tiles of KT keys (K[2], dS[2] in
+// shared memory; dS rows padded by 16 bytes).
+template <int D, int KT>
+struct BqDsCfg {
+  static constexpr int BM = 16 * kWarps, SD = D + 8, SQ = BM + 8;
+  static constexpr int WC = D >= 256 ? 4 : D >= 128 ? 2 : 1;  // warps along head_dim
+  static constexpr size_t kSmem = size_t(2 * KT) * (SD + SQ) * sizeof(bf16);
 };
 
 }  // namespace flash_detail
@@ -482,14 +554,17 @@ __global__ void __launch_bounds__(256)
 
 // ---- Backward: dK, dV ----------------------------------------------------------------------------
 
+// ds: where to keep each tile's dS for flash_backward_q_ds_kernel (DsTiles<BN, BM>), or null.
 template <int D, int BN, int BM, int PFMAX>
 __global__ void __launch_bounds__(kThreads, 1)
-    flash_backward_kv_kernel(float* __restrict__ dk, float* __restrict__ dv, const float* __restrict__ dout,
-                             const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-                             const float* __restrict__ lse, const float* __restrict__ dt, int T, int H, float scale) {
+    flash_backward_kv_kernel(float* __restrict__ dk, float* __restrict__ dv, bf16* __restrict__ ds,
+                             const float* __restrict__ dout, const float* __restrict__ q, const float* __restrict__ k,
+                             const float* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ dt,
+                             int T, int H, float scale) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using C = BkvCfg<D, BN, BM>;
-  constexpr int WK = C::WK, QW = C::QW, DW = C::DW, SD = C::SD, SP = C::SP, KA = D / 16, KB = BM / 16;
+  constexpr int WK = C::WK, QW = C::QW, SD = C::SD, SP = C::SP, KA = D / 16, KB = BM / 16;
+  constexpr int MK2 = C::MK2, WD2 = C::WD2, DW = C::DW;
   using St = Stream2<BM, D, PFMAX>;
   constexpr int NP = St::NP, NPA = Slots<NP>::NPA, NPB = Slots<NP>::NPB;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -508,7 +583,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const float *gq = q + base, *gk = k + base, *gv = v + base, *go = dout + base;
   const float *lrow = lse + (int64_t(b) * H + h) * T, *drow = dt + (int64_t(b) * H + h) * T;
   const int key0 = kb * BN, nqt = (T + BM - 1) / BM, i0 = key0 / BM;
-  const int kw = warp % WK, qw = warp / WK;  // qw doubles as the column group in the second phase
+  const int kw = warp % WK, qw = warp / WK;       // first phase
+  const int kw2 = warp / WD2, dw = warp % WD2;    // second phase
+  const int kmin2 = key0 + kw2 * 16 * MK2;        // the second phase's first key
   const float cl2 = scale * kLog2e;
 
   St st;
@@ -539,11 +616,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   __syncthreads();
 
-  float acc_v[DW / 8][4], acc_k[DW / 8][4];
+  float acc_v[MK2][DW / 8][4], acc_k[MK2][DW / 8][4];
 #pragma unroll
-  for (int i = 0; i < DW / 8; ++i)
+  for (int m = 0; m < MK2; ++m)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) acc_v[i][e] = acc_k[i][e] = 0.f;
+    for (int i = 0; i < DW / 8; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc_v[m][i][e] = acc_k[m][i][e] = 0.f;
 
   for (int i = i0; i < nqt; ++i) {
     const int buf = (i - i0) & 1, qt0 = i * BM;
@@ -623,25 +702,41 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     __syncthreads();
 
-    // Phase 2: dV += P^T dO, dK += dS^T Q for keys 16 kw.. and columns DW qw...
-    if (kmin <= qt0 + BM - 1) {
+    if (ds != nullptr) {  // dS^T of this tile for the dQ kernel: 16-byte rows of sS, coalesced
+      using Tiles = DsTiles<BN, BM>;
+      bf16* tile = ds + ((int64_t(b) * H + h) * Tiles::per_head(T) + Tiles::index(kb, i, nqt)) * Tiles::kElems;
+#pragma unroll
+      for (int e = tid; e < BN * BM / 8; e += kThreads) {
+        const int row = e / (BM / 8), col = (e % (BM / 8)) * 8;
+        *reinterpret_cast<uint4*>(tile + row * BM + col) = *reinterpret_cast<const uint4*>(sS + row * SP + col);
+      }
+    }
+
+    // Phase 2: dV += P^T dO, dK += dS^T Q for keys kmin2.. (MK2 blocks of 16) and columns DW dw...
+    if (kmin2 <= qt0 + BM - 1) {
 #pragma unroll
       for (int ks = 0; ks < KB; ++ks) {
 #pragma unroll
         for (int s2 = 0; s2 < NPB; ++s2)
           if (Slots<NP>::at_b(s2, KB) == ks) slot(NPA + s2);
-        u32 ap[4], as[4];
-        ldsm4(ap, a_addr(sP, SP, kw * 16, ks * 16, lane));
-        ldsm4(as, a_addr(sS, SP, kw * 16, ks * 16, lane));
+        u32 ap[MK2][4], as[MK2][4];
+#pragma unroll
+        for (int m = 0; m < MK2; ++m) {
+          ldsm4(ap[m], a_addr(sP, SP, kw2 * 16 * MK2 + 16 * m, ks * 16, lane));
+          ldsm4(as[m], a_addr(sS, SP, kw2 * 16 * MK2 + 16 * m, ks * 16, lane));
+        }
 #pragma unroll
         for (int dp = 0; dp < DW / 16; ++dp) {
           u32 bo[4], bq[4];
-          ldsm4t(bo, bkn_addr(tO, SD, ks * 16, qw * DW + dp * 16, lane));
-          mma(acc_v[2 * dp], ap, bo[0], bo[1]);
-          mma(acc_v[2 * dp + 1], ap, bo[2], bo[3]);
-          ldsm4t(bq, bkn_addr(tQ, SD, ks * 16, qw * DW + dp * 16, lane));
-          mma(acc_k[2 * dp], as, bq[0], bq[1]);
-          mma(acc_k[2 * dp + 1], as, bq[2], bq[3]);
+          ldsm4t(bo, bkn_addr(tO, SD, ks * 16, dw * DW + dp * 16, lane));
+          ldsm4t(bq, bkn_addr(tQ, SD, ks * 16, dw * DW + dp * 16, lane));
+#pragma unroll
+          for (int m = 0; m < MK2; ++m) {
+            mma(acc_v[m][2 * dp], ap[m], bo[0], bo[1]);
+            mma(acc_v[m][2 * dp + 1], ap[m], bo[2], bo[3]);
+            mma(acc_k[m][2 * dp], as[m], bq[0], bq[1]);
+            mma(acc_k[m][2 * dp + 1], as[m], bq[2], bq[3]);
+          }
         }
       }
     } else {
@@ -651,22 +746,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncthreads();
   }
 
-  const int r0 = key0 + kw * 16 + g, r1 = r0 + 8, col = qw * DW + 2 * c;
-  if (r0 < T) {
-    float *pv = dv + base + int64_t(r0) * ld + col, *pk = dk + base + int64_t(r0) * ld + col;
 #pragma unroll
-    for (int n = 0; n < DW / 8; ++n) {
-      *reinterpret_cast<float2*>(pv + n * 8) = make_float2(acc_v[n][0], acc_v[n][1]);
-      *reinterpret_cast<float2*>(pk + n * 8) = make_float2(acc_k[n][0] * scale, acc_k[n][1] * scale);
-    }
-  }
-  if (r1 < T) {
-    float *pv = dv + base + int64_t(r1) * ld + col, *pk = dk + base + int64_t(r1) * ld + col;
-#pragma unroll
-    for (int n = 0; n < DW / 8; ++n) {
-      *reinterpret_cast<float2*>(pv + n * 8) = make_float2(acc_v[n][2], acc_v[n][3]);
-      *reinterpret_cast<float2*>(pk + n * 8) = make_float2(acc_k[n][2] * scale, acc_k[n][3] * scale);
-    }
+  for (int m = 0; m < MK2; ++m) {
+    const int r0 = kmin2 + 16 * m + g;
+    store_rows(dv + base + dw * DW, ld, r0, T, c, acc_v[m], 1.0f);
+    store_rows(dk + base + dw * DW, ld, r0, T, c, acc_k[m], scale);
   }
 #endif
 }
@@ -809,42 +893,146 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncthreads();
   }
 
-  if (r0 < T) {
-    float* p = dq + base + int64_t(r0) * ld + 2 * c;
+  store_rows(dq + base, ld, r0, T, c, acc, scale);
+#endif
+}
+
+// ---- Backward: dQ from the stored dS -------------------------------------------------------------
+
+// A CTA owns BM query rows and loops over key tiles of KT keys up to its diagonal: dQ += dS K, with
+// dS as the dK/dV kernel stored it (DsTiles<KVBN, KVBM>: already masked, zero above the diagonal,
+// past seq and in query row 0), copied to shared memory by cp.async, and K streamed and rounded to
+// bf16 as everywhere else. One product instead of the recomputing kernel's three. The 8 warps
+// split the BM x D output into WR x WC tiles of 16 MT rows x 8 NT columns: at head size 256, 64 x 64
+// each, so every B fragment read from shared memory feeds 4 products and every A fragment 8 (16
+// rows x 256 columns per warp would read twice the bytes per product, and shared-memory bandwidth
+// is what bounds these loops). Writes scale * dq once.
+template <int D, int KT, int PFMAX, int KVBN, int KVBM>
+__global__ void __launch_bounds__(kThreads, 1)
+    flash_backward_q_ds_kernel(float* __restrict__ dq, const bf16* __restrict__ ds, const float* __restrict__ k,
+                               int T, int H, float scale) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using C = BqDsCfg<D, KT>;
+  using Tiles = DsTiles<KVBN, KVBM>;
+  constexpr int BM = C::BM, SD = C::SD, SQ = C::SQ, KB = KT / 16;
+  constexpr int WC = C::WC, WR = kWarps / WC, MT = BM / WR / 16, NT = D / WC / 8;
+  static_assert(KVBN % KT == 0 && BM % KVBM == 0, "key tiles inside key blocks, whole query tiles per CTA");
+  static_assert(MT >= 1 && NT % 2 == 0, "warp tiles");
+  using St = Stream1<KT, D, PFMAX>;
+  constexpr int NP = St::NP;
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* sK = reinterpret_cast<bf16*>(smem);  // [2][KT][SD]
+  bf16* sS = sK + 2 * KT * SD;                // [2][KT][SQ]: dS^T, keys x the CTA's queries
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, c = lane & 3;
+  const int qb = int(gridDim.x) - 1 - int(blockIdx.x), h = blockIdx.y, b = blockIdx.z;
+  const int64_t ld = int64_t(H) * D, base = int64_t(b) * T * ld + int64_t(h) * D;
+  const float* gk = k + base;
+  const int q0 = qb * BM, ntiles = (min(q0 + BM, T) - 1) / KT + 1, nqt = (T + KVBM - 1) / KVBM;
+  const int wr = warp / WC, wc = warp % WC;  // this warp's rows wr * 16 MT.., columns wc * 8 NT..
+  const int wq0 = q0 + wr * 16 * MT;
+  const bf16* dsh = ds + (int64_t(b) * H + h) * Tiles::per_head(T) * Tiles::kElems;
+
+  // Key tile j's dS for the CTA's queries into dst; query tiles past seq or above the diagonal
+  // (none of their keys precede them) are zeros.
+  auto fetch_ds = [&](int j, bf16* dst) {
+    const int key0 = j * KT, kb = key0 / KVBN, ro = key0 % KVBN;
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n)
-      *reinterpret_cast<float2*>(p + n * 8) = make_float2(acc[n][0] * scale, acc[n][1] * scale);
-  }
-  if (r1 < T) {
-    float* p = dq + base + int64_t(r1) * ld + 2 * c;
+    for (int e = tid; e < KT * BM / 8; e += kThreads) {
+      const int row = e / (BM / 8), col = (e % (BM / 8)) * 8, qt = q0 / KVBM + col / KVBM;
+      const bool ok = qt < nqt && qt >= kb * Tiles::R;
+      const bf16* src = ok ? dsh + Tiles::index(kb, qt, nqt) * Tiles::kElems + (ro + row) * KVBM + col % KVBM : dsh;
+      cp_async16(smem_addr(dst + row * SQ + col), src, ok);
+    }
+  };
+
+  St st;
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n)
-      *reinterpret_cast<float2*>(p + n * 8) = make_float2(acc[n][2] * scale, acc[n][3] * scale);
+  for (int s = 0; s < NP; ++s) {
+    st.load(s, gk, gk, ld, 0, T, tid);
+    st.store(s, sK, sK, tid);
   }
+  fetch_ds(0, sS);
+  if (ntiles > 1) st.load(0, gk, gk, ld, KT, T, tid);
+  cp_async_wait();
+  __syncthreads();
+
+  float acc[MT][NT][4];
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int i = 0; i < NT; ++i) acc[m][i][0] = acc[m][i][1] = acc[m][i][2] = acc[m][i][3] = 0.f;
+
+  for (int j = 0; j < ntiles; ++j) {
+    const int key0 = j * KT;
+    const bf16* tK = sK + (j & 1) * KT * SD;
+    const bf16* tS = sS + (j & 1) * KT * SQ;
+    bf16* nK = sK + ((j + 1) & 1) * KT * SD;
+    const bool has1 = j + 1 < ntiles, has2 = j + 2 < ntiles;
+    if (has1) fetch_ds(j + 1, sS + ((j + 1) & 1) * KT * SQ);
+    auto slot = [&](int s) {
+      if (has1) st.store(s, nK, nK, tid);
+      if (s + 1 < NP) {
+        if (has1) st.load(s + 1, gk, gk, ld, key0 + KT, T, tid);
+      } else if (has2) {
+        st.load(0, gk, gk, ld, key0 + 2 * KT, T, tid);
+      }
+    };
+    if (key0 <= wq0 + 16 * MT - 1) {
+#pragma unroll
+      for (int ks = 0; ks < KB; ++ks) {
+#pragma unroll
+        for (int s = 0; s < NP; ++s)
+          if (s * KB / NP == ks) slot(s);
+        u32 a[MT][4];
+#pragma unroll
+        for (int m = 0; m < MT; ++m) ldsm4t(a[m], akm_addr(tS, SQ, wr * 16 * MT + 16 * m, ks * 16, lane));
+#pragma unroll
+        for (int dd = 0; dd < NT / 2; ++dd) {
+          u32 bk[4];
+          ldsm4t(bk, bkn_addr(tK, SD, ks * 16, wc * 8 * NT + dd * 16, lane));
+#pragma unroll
+          for (int m = 0; m < MT; ++m) {
+            if (key0 > wq0 + 16 * m + 15) continue;  // a tile above these 16 rows: dS is zero there
+            mma(acc[m][2 * dd], a[m], bk[0], bk[1]);
+            mma(acc[m][2 * dd + 1], a[m], bk[2], bk[3]);
+          }
+        }
+      }
+    } else {
+#pragma unroll
+      for (int s = 0; s < NP; ++s) slot(s);
+    }
+    cp_async_wait();
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int m = 0; m < MT; ++m) store_rows(dq + base + wc * 8 * NT, ld, wq0 + 16 * m + g, T, c, acc[m], scale);
 #endif
 }
 
 // ---- Configurations and host side ----------------------------------------------------------------
 
 // Per head_dim: forward key tile; dK/dV key block and query tile; dQ key tile; the streamed pieces'
-// register budget (float4 per thread).
+// register budget (float4 per thread); the key tile of dQ from the stored dS.
 template <int D>
 struct Plan;
 template <>
 struct Plan<32> {
-  static constexpr int kFwdNW = 8, kFwdMinB = 2, kFwdPF = 8, kFwdBN = 64, kKvBN = 128, kKvBM = 64, kKvPF = 8, kQBN = 32, kQPF = 8;
+  static constexpr int kFwdNW = 8, kFwdMinB = 2, kFwdPF = 8, kFwdBN = 64, kKvBN = 128, kKvBM = 64, kKvPF = 8, kQBN = 32, kQPF = 8, kDsKT = 64;
 };
 template <>
 struct Plan<64> {
-  static constexpr int kFwdNW = 8, kFwdMinB = 1, kFwdPF = 8, kFwdBN = 64, kKvBN = 128, kKvBM = 64, kKvPF = 8, kQBN = 64, kQPF = 8;
+  static constexpr int kFwdNW = 8, kFwdMinB = 1, kFwdPF = 8, kFwdBN = 64, kKvBN = 128, kKvBM = 64, kKvPF = 8, kQBN = 64, kQPF = 8, kDsKT = 64;
 };
 template <>
 struct Plan<128> {
-  static constexpr int kFwdNW = 8, kFwdMinB = 1, kFwdPF = 8, kFwdBN = 64, kKvBN = 64, kKvBM = 64, kKvPF = 8, kQBN = 64, kQPF = 8;
+  static constexpr int kFwdNW = 8, kFwdMinB = 1, kFwdPF = 8, kFwdBN = 64, kKvBN = 64, kKvBM = 64, kKvPF = 8, kQBN = 64, kQPF = 8, kDsKT = 64;
 };
 template <>
 struct Plan<256> {
-  static constexpr int kFwdNW = 8, kFwdMinB = 1, kFwdPF = 4, kFwdBN = 64, kKvBN = 64, kKvBM = 64, kKvPF = 4, kQBN = 32, kQPF = 4;
+  static constexpr int kFwdNW = 8, kFwdMinB = 1, kFwdPF = 4, kFwdBN = 64, kKvBN = 64, kKvBM = 64, kKvPF = 4, kQBN = 32, kQPF = 4, kDsKT = 64;
 };
 
 template <int D>
@@ -853,6 +1041,7 @@ size_t smem_needed() {
   size_t m = FwdCfg<D, P::kFwdBN, P::kFwdNW>::kSmem;
   if (BkvCfg<D, P::kKvBN, P::kKvBM>::kSmem > m) m = BkvCfg<D, P::kKvBN, P::kKvBM>::kSmem;
   if (BqCfg<D, P::kQBN>::kSmem > m) m = BqCfg<D, P::kQBN>::kSmem;
+  if (BqDsCfg<D, P::kDsKT>::kSmem > m) m = BqDsCfg<D, P::kDsKT>::kSmem;
   return m;
 }
 
@@ -905,10 +1094,35 @@ cudaError_t forward(float* out, float* lse, const float* q, const float* k, cons
   return cudaGetLastError();
 }
 
+// Bytes of one batch entry's stored dS tiles (all heads).
+template <int D>
+uint64_t ds_entry_bytes(int64_t seq, int64_t heads) {
+  using P = Plan<D>;
+  return uint64_t(heads) * uint64_t(DsTiles<P::kKvBN, P::kKvBM>::per_head(int(seq))) *
+         uint64_t(DsTiles<P::kKvBN, P::kKvBM>::kElems) * sizeof(bf16);
+}
+
+uint64_t ds_entry_bytes(int64_t seq, int64_t heads, int64_t head_dim) {
+  switch (head_dim) {
+    case 32: return ds_entry_bytes<32>(seq, heads);
+    case 64: return ds_entry_bytes<64>(seq, heads);
+    case 128: return ds_entry_bytes<128>(seq, heads);
+    case 256: return ds_entry_bytes<256>(seq, heads);
+    default: return 0;
+  }
+}
+
+// The scratch's first part: Dt, float32 [batch, heads, seq], rounded up so the dS tiles after it
+// start 16-byte aligned (cp.async and the tiles' 16-byte stores).
+uint64_t dt_bytes(int64_t batch, int64_t seq, int64_t heads) {
+  return (uint64_t(batch) * uint64_t(seq) * uint64_t(heads) * sizeof(float) + 15) / 16 * 16;
+}
+
+// nb > 0: batch entries nb at a time, dK/dV keeping dS in ds and dQ reading it; nb == 0: dQ recomputes.
 template <int D>
 cudaError_t backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
-                     const float* v, const float* out, const float* lse, float* dt, int B, int T, int H, float scale,
-                     cudaStream_t stream) {
+                     const float* v, const float* out, const float* lse, float* dt, bf16* ds, int nb, int B, int T,
+                     int H, float scale, cudaStream_t stream) {
   using P = Plan<D>;
   {
     const int64_t rows = int64_t(B) * T * H;
@@ -916,20 +1130,32 @@ cudaError_t backward(float* dq, float* dk, float* dv, const float* dout, const f
     flash_row_dot_kernel<<<unsigned(blocks), 256, 0, stream>>>(dt, dout, out, rows, T, H, D);
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   }
-  {
-    using C = BkvCfg<D, P::kKvBN, P::kKvBM>;
-    auto kernel = flash_backward_kv_kernel<D, P::kKvBN, P::kKvBM, P::kKvPF>;
-    if (cudaError_t e = prepare(kernel, C::kSmem); e != cudaSuccess) return e;
-    const dim3 grid(unsigned((T + P::kKvBN - 1) / P::kKvBN), unsigned(H), unsigned(B));
-    kernel<<<grid, kThreads, C::kSmem, stream>>>(dk, dv, dout, q, k, v, lse, dt, T, H, scale);
+  using Ckv = BkvCfg<D, P::kKvBN, P::kKvBM>;
+  auto kv = flash_backward_kv_kernel<D, P::kKvBN, P::kKvBM, P::kKvPF>;
+  if (cudaError_t e = prepare(kv, Ckv::kSmem); e != cudaSuccess) return e;
+  const unsigned kv_blocks = unsigned((T + P::kKvBN - 1) / P::kKvBN), q_blocks = unsigned((T + 16 * kWarps - 1) / (16 * kWarps));
+  if (nb == 0) {
+    kv<<<dim3(kv_blocks, unsigned(H), unsigned(B)), kThreads, Ckv::kSmem, stream>>>(dk, dv, nullptr, dout, q, k, v,
+                                                                                   lse, dt, T, H, scale);
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-  }
-  {
     using C = BqCfg<D, P::kQBN>;
     auto kernel = flash_backward_q_kernel<D, P::kQBN, P::kQPF>;
     if (cudaError_t e = prepare(kernel, C::kSmem); e != cudaSuccess) return e;
-    const dim3 grid(unsigned((T + C::BM - 1) / C::BM), unsigned(H), unsigned(B));
-    kernel<<<grid, kThreads, C::kSmem, stream>>>(dq, dout, q, k, v, lse, dt, T, H, scale);
+    kernel<<<dim3(q_blocks, unsigned(H), unsigned(B)), kThreads, C::kSmem, stream>>>(dq, dout, q, k, v, lse, dt, T, H,
+                                                                                    scale);
+    return cudaGetLastError();
+  }
+  using Cds = BqDsCfg<D, P::kDsKT>;
+  auto qds = flash_backward_q_ds_kernel<D, P::kDsKT, P::kQPF, P::kKvBN, P::kKvBM>;
+  if (cudaError_t e = prepare(qds, Cds::kSmem); e != cudaSuccess) return e;
+  const int64_t entry = int64_t(T) * H * D, rows = int64_t(H) * T;
+  for (int b0 = 0; b0 < B; b0 += nb) {
+    const int n = min(nb, B - b0);
+    const int64_t o = b0 * entry, r = b0 * rows;
+    kv<<<dim3(kv_blocks, unsigned(H), unsigned(n)), kThreads, Ckv::kSmem, stream>>>(
+        dk + o, dv + o, ds, dout + o, q + o, k + o, v + o, lse + r, dt + r, T, H, scale);
+    if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+    qds<<<dim3(q_blocks, unsigned(H), unsigned(n)), kThreads, Cds::kSmem, stream>>>(dq + o, ds, k + o, T, H, scale);
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   }
   return cudaSuccess;
@@ -943,9 +1169,12 @@ bool flash_attention_supported(int64_t batch, int64_t seq, int64_t heads, int64_
   return check_sizes(batch, seq, heads) == cudaSuccess && flash_attention_supported(head_dim);
 }
 
-uint64_t flash_attention_backward_scratch_bytes(int64_t batch, int64_t seq, int64_t heads) {
+uint64_t flash_attention_backward_scratch_bytes(int64_t batch, int64_t seq, int64_t heads, int64_t head_dim,
+                                                uint64_t ds_budget) {
   if (batch <= 0 || seq <= 0 || heads <= 0) return 0;
-  return uint64_t(batch) * uint64_t(seq) * uint64_t(heads) * sizeof(float);
+  const uint64_t entry = ds_entry_bytes(seq, heads, head_dim);
+  const uint64_t nb = entry == 0 ? 0 : std::min<uint64_t>(uint64_t(batch), ds_budget / entry);
+  return dt_bytes(batch, seq, heads) + nb * entry;
 }
 
 cudaError_t launch_flash_attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
@@ -970,8 +1199,8 @@ cudaError_t launch_flash_attention_forward(float* out, float* lse, const float* 
 
 cudaError_t launch_flash_attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
                                             const float* k, const float* v, const float* out, const float* lse,
-                                            void* scratch, int64_t batch, int64_t seq, int64_t heads,
-                                            int64_t head_dim, float scale, cudaStream_t stream) {
+                                            void* scratch, uint64_t scratch_bytes, int64_t batch, int64_t seq,
+                                            int64_t heads, int64_t head_dim, float scale, cudaStream_t stream) {
   if (cudaError_t e = check_sizes(batch, seq, heads); e != cudaSuccess) return e;
   if (cudaError_t e = device_check(head_dim); e != cudaSuccess) return e;
   if (batch == 0 || seq == 0) return cudaSuccess;
@@ -979,15 +1208,19 @@ cudaError_t launch_flash_attention_backward(float* dq, float* dk, float* dv, con
                         static_cast<const void*>(dout), static_cast<const void*>(q), static_cast<const void*>(k),
                         static_cast<const void*>(v), static_cast<const void*>(out)})
     if (!aligned(p, kFlashAttentionAlignment)) return cudaErrorMisalignedAddress;
-  if (!aligned(lse, 4) || !aligned(scratch, 4)) return cudaErrorMisalignedAddress;
-  if (scratch == nullptr) return cudaErrorInvalidValue;
+  if (!aligned(lse, 4) || !aligned(scratch, 16)) return cudaErrorMisalignedAddress;
+  const uint64_t dtb = dt_bytes(batch, seq, heads);
+  if (scratch == nullptr || scratch_bytes < dtb) return cudaErrorInvalidValue;
   auto* dt = static_cast<float*>(scratch);
+  bf16* ds = reinterpret_cast<bf16*>(static_cast<unsigned char*>(scratch) + dtb);
+  const uint64_t entry = ds_entry_bytes(seq, heads, head_dim);
+  const int nb = entry == 0 ? 0 : int(std::min<uint64_t>(uint64_t(batch), (scratch_bytes - dtb) / entry));
   const int B = int(batch), T = int(seq), H = int(heads);
   switch (head_dim) {
-    case 32: return backward<32>(dq, dk, dv, dout, q, k, v, out, lse, dt, B, T, H, scale, stream);
-    case 64: return backward<64>(dq, dk, dv, dout, q, k, v, out, lse, dt, B, T, H, scale, stream);
-    case 128: return backward<128>(dq, dk, dv, dout, q, k, v, out, lse, dt, B, T, H, scale, stream);
-    case 256: return backward<256>(dq, dk, dv, dout, q, k, v, out, lse, dt, B, T, H, scale, stream);
+    case 32: return backward<32>(dq, dk, dv, dout, q, k, v, out, lse, dt, ds, nb, B, T, H, scale, stream);
+    case 64: return backward<64>(dq, dk, dv, dout, q, k, v, out, lse, dt, ds, nb, B, T, H, scale, stream);
+    case 128: return backward<128>(dq, dk, dv, dout, q, k, v, out, lse, dt, ds, nb, B, T, H, scale, stream);
+    case 256: return backward<256>(dq, dk, dv, dout, q, k, v, out, lse, dt, ds, nb, B, T, H, scale, stream);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -360,9 +360,14 @@ void CudaDevice::attention_backward(float* dq, float* dk, float* dv, const float
   const float scale = 1.0f / std::sqrt(float(D));
   if (use_flash(s, {dq, dk, dv, dout, q, k, v, out})) {
     std::lock_guard<std::mutex> lock(model_mu_);
-    void* scratch = model_scratch(cuda::flash_attention_backward_scratch_bytes(s.batch, T, H));
-    DISTRO_CUDA_CHECK(cuda::launch_flash_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, scratch, s.batch, T,
-                                                            H, D, scale, stream_));
+    // dS kept for the dq product within the attention budget (the GEMM path's), unless
+    // DISTRO_CUDA_FLASH_DQ=recompute (A/B timing, tests).
+    const char* dq_env = std::getenv("DISTRO_CUDA_FLASH_DQ");
+    const uint64_t ds_budget = dq_env && std::string(dq_env) == "recompute" ? 0 : attention_budget();
+    const uint64_t bytes = cuda::flash_attention_backward_scratch_bytes(s.batch, T, H, D, ds_budget);
+    void* scratch = model_scratch(bytes);
+    DISTRO_CUDA_CHECK(cuda::launch_flash_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, scratch, bytes,
+                                                            s.batch, T, H, D, scale, stream_));
     return;
   }
 

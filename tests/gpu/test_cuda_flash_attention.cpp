@@ -53,11 +53,24 @@ void forward(const HeadShape& s, float* out, float* lse, const float* q, const f
 }
 
 void backward(const HeadShape& s, float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
-              const float* v, const float* out, const float* lse, void* scratch) {
-  REQUIRE(cuda::launch_flash_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, scratch, s.batch, s.seq, s.heads,
-                                                s.head_dim, scale_of(s), nullptr) == cudaSuccess);
+              const float* v, const float* out, const float* lse, void* scratch, uint64_t scratch_bytes) {
+  REQUIRE(cuda::launch_flash_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, scratch, scratch_bytes, s.batch,
+                                                s.seq, s.heads, s.head_dim, scale_of(s), nullptr) == cudaSuccess);
   REQUIRE(cudaStreamSynchronize(nullptr) == cudaSuccess);
 }
+
+// Scratch for the backward: dS kept for every batch entry (the default), for one entry at a time
+// (slices), or not at all (dq recomputed).
+enum class Dq { all, one_entry, recompute };
+uint64_t scratch_for(const HeadShape& s, Dq mode) {
+  const uint64_t none = cuda::flash_attention_backward_scratch_bytes(s.batch, s.seq, s.heads, s.head_dim, 0);
+  const uint64_t all = cuda::flash_attention_backward_scratch_bytes(s.batch, s.seq, s.heads, s.head_dim, ~uint64_t(0));
+  if (mode == Dq::recompute) return none;
+  if (mode == Dq::all) return all;
+  return cuda::flash_attention_backward_scratch_bytes(s.batch, s.seq, s.heads, s.head_dim,
+                                                      (all - none) / uint64_t(s.batch));
+}
+const char* dq_name(Dq m) { return m == Dq::all ? "dS kept" : m == Dq::one_entry ? "dS kept, one entry at a time" : "dq recomputed"; }
 
 // One forward and backward through the flash kernels against the CPU device.
 void check_flash(Device& gpu, CpuDevice& cpu, Rng& rng, const HeadShape& s) {
@@ -77,21 +90,33 @@ void check_flash(Device& gpu, CpuDevice& cpu, Rng& rng, const HeadShape& s) {
   test::check_attention_forward(got_out, got_lse, out, lse);
 
   // Backward from the GPU's own forward results, as the model runs it. Query row 0 has one key, so
-  // its dq and its share of dk are exactly zero on both devices.
-  const uint64_t scratch_bytes = cuda::flash_attention_backward_scratch_bytes(s.batch, s.seq, s.heads);
-  CHECK(scratch_bytes == nl * 4);
-  Guarded dDout = Guarded::of(gpu, dout), scratch(gpu, size_t(scratch_bytes));
-  Guarded gdq(gpu, n * 4), gdk(gpu, n * 4), gdv(gpu, n * 4);
-  backward(s, gdq.f(), gdk.f(), gdv.f(), dDout.f(), dQ.f(), dK.f(), dV.f(), dO.f(), dL.f(), scratch.f());
-  const std::pair<const Guarded*, const std::vector<float>*> grads[] = {{&gdq, &dq}, {&gdk, &dk}, {&gdv, &dv}};
-  const char* names[] = {"dq", "dk", "dv"};
-  for (int i = 0; i < 3; ++i) {
-    test::check_attention_grad(names[i], grads[i].first->get(), *grads[i].second);
-    CHECK(grads[i].first->guards_intact());
+  // its dq and its share of dk are exactly zero on both devices. The dq from the kept dS must not
+  // depend on how many batch entries share a launch.
+  const uint64_t none = scratch_for(s, Dq::recompute), one = scratch_for(s, Dq::one_entry), all = scratch_for(s, Dq::all);
+  CHECK(none >= nl * 4);
+  CHECK(none < nl * 4 + 16);
+  CHECK(one > none);
+  CHECK(all - none == uint64_t(s.batch) * (one - none));
+  Guarded dDout = Guarded::of(gpu, dout);
+  std::vector<float> kept[3];
+  for (Dq mode : {Dq::all, Dq::one_entry, Dq::recompute}) {
+    INFO(dq_name(mode));
+    const uint64_t bytes = scratch_for(s, mode);
+    Guarded scratch(gpu, size_t(bytes)), gdq(gpu, n * 4), gdk(gpu, n * 4), gdv(gpu, n * 4);
+    backward(s, gdq.f(), gdk.f(), gdv.f(), dDout.f(), dQ.f(), dK.f(), dV.f(), dO.f(), dL.f(), scratch.f(), bytes);
+    const std::pair<const Guarded*, const std::vector<float>*> grads[] = {{&gdq, &dq}, {&gdk, &dk}, {&gdv, &dv}};
+    const char* names[] = {"dq", "dk", "dv"};
+    for (int i = 0; i < 3; ++i) {
+      const std::vector<float> got = grads[i].first->get();
+      test::check_attention_grad(names[i], got, *grads[i].second);
+      CHECK(grads[i].first->guards_intact());
+      if (mode == Dq::all) kept[i] = got;
+      if (mode == Dq::one_entry) CHECK(same_bits(got, kept[i]));
+    }
+    CHECK(scratch.guards_intact());
   }
   CHECK(dO.guards_intact());
   CHECK(dL.guards_intact());
-  CHECK(scratch.guards_intact());
   // Inputs untouched.
   CHECK(dQ.get() == q);
   CHECK(dDout.get() == dout);
@@ -132,13 +157,14 @@ TEST_CASE("cuda flash attention: the same bits on every run", "[cuda][model][att
     const size_t n = size_t(s.batch * s.seq * s.heads * s.head_dim), nl = size_t(s.batch * s.heads * s.seq);
     Guarded q(gpu, n * 4, rng.normal(n).data()), k(gpu, n * 4, rng.normal(n).data()),
         v(gpu, n * 4, rng.normal(n).data()), dout(gpu, n * 4, rng.normal(n).data());
-    Guarded scratch(gpu, size_t(cuda::flash_attention_backward_scratch_bytes(s.batch, s.seq, s.heads)));
+    const uint64_t scratch_bytes = scratch_for(s, Dq::all);
+    Guarded scratch(gpu, size_t(scratch_bytes));
     std::vector<float> first[5];
     for (int run = 0; run < 2; ++run) {
       // Fresh outputs each run (holding the guard pattern), so nothing carries over.
       Guarded o(gpu, n * 4), l(gpu, nl * 4), dq(gpu, n * 4), dk(gpu, n * 4), dv(gpu, n * 4);
       forward(s, o.f(), l.f(), q.f(), k.f(), v.f());
-      backward(s, dq.f(), dk.f(), dv.f(), dout.f(), q.f(), k.f(), v.f(), o.f(), l.f(), scratch.f());
+      backward(s, dq.f(), dk.f(), dv.f(), dout.f(), q.f(), k.f(), v.f(), o.f(), l.f(), scratch.f(), scratch_bytes);
       std::vector<float> got[5] = {o.get(), l.get(), dq.get(), dk.get(), dv.get()};
       if (run == 0) {
         for (int i = 0; i < 5; ++i) first[i] = std::move(got[i]);
@@ -174,8 +200,11 @@ TEST_CASE("cuda flash attention: bad arguments are refused", "[cuda][model][atte
   CHECK(cuda::launch_flash_attention_forward(p, l.f(), p, p, p, 1, 16, 2, 20, sc, nullptr) == cudaErrorInvalidValue);
   CHECK(cuda::launch_flash_attention_forward(p + 1, l.f(), p, p, p, 1, 16, 2, 64, sc, nullptr) ==
         cudaErrorMisalignedAddress);
-  CHECK(cuda::launch_flash_attention_backward(p, p, p, p, p, p, p, p, l.f(), nullptr, 1, 16, 2, 64, sc, nullptr) ==
-        cudaErrorInvalidValue);
+  CHECK(cuda::launch_flash_attention_backward(p, p, p, p, p, p, p, p, l.f(), nullptr, 1024, 1, 16, 2, 64, sc,
+                                              nullptr) == cudaErrorInvalidValue);
+  // A scratch smaller than the row sums need.
+  CHECK(cuda::launch_flash_attention_backward(p, p, p, p, p, p, p, p, l.f(), a.f(), 16 * 2 * 4 - 4, 1, 16, 2, 64, sc,
+                                              nullptr) == cudaErrorInvalidValue);
   CHECK(cuda::launch_flash_attention_forward(p, l.f(), p, p, p, 1, 16, 70000, 64, sc, nullptr) ==
         cudaErrorInvalidValue);
   // Empty sizes launch nothing.
@@ -227,18 +256,22 @@ TEST_CASE("cuda flash attention: timings", "[.][perf]") {
     const auto host = rng.normal(n);
     Guarded q(*gpu, n * 4, host.data()), k(*gpu, n * 4, rng.normal(n).data()), v(*gpu, n * 4, rng.normal(n).data()),
         dout(*gpu, n * 4, rng.normal(n).data()), o(*gpu, n * 4), l(*gpu, nl * 4), dq(*gpu, n * 4), dk(*gpu, n * 4),
-        dv(*gpu, n * 4),
-        scratch(*gpu, size_t(cuda::flash_attention_backward_scratch_bytes(s.batch, s.seq, s.heads)));
+        dv(*gpu, n * 4), scratch(*gpu, size_t(scratch_for(s, Dq::all)));
     const float sc = scale_of(s);
     const double fwd = median_event_ms(10, [&] {
       REQUIRE(cuda::launch_flash_attention_forward(o.f(), l.f(), q.f(), k.f(), v.f(), s.batch, s.seq, s.heads,
                                                    s.head_dim, sc, nullptr) == cudaSuccess);
     });
-    const double bwd = median_event_ms(10, [&] {
-      REQUIRE(cuda::launch_flash_attention_backward(dq.f(), dk.f(), dv.f(), dout.f(), q.f(), k.f(), v.f(), o.f(), l.f(),
-                                                    scratch.f(), s.batch, s.seq, s.heads, s.head_dim, sc,
-                                                    nullptr) == cudaSuccess);
-    });
+    // Backward with dS kept for the dq product (the default) and with dq recomputed.
+    auto bwd_ms = [&](Dq mode) {
+      const uint64_t bytes = scratch_for(s, mode);
+      return median_event_ms(10, [&] {
+        REQUIRE(cuda::launch_flash_attention_backward(dq.f(), dk.f(), dv.f(), dout.f(), q.f(), k.f(), v.f(), o.f(),
+                                                      l.f(), scratch.f(), bytes, s.batch, s.seq, s.heads, s.head_dim,
+                                                      sc, nullptr) == cudaSuccess);
+      });
+    };
+    const double bwd = bwd_ms(Dq::all), bwd_re = bwd_ms(Dq::recompute);
     // Causal work: forward 2 products of 2 T^2 D per (batch, head), halved by the mask; backward 2.5x.
     const double causal = 2.0 * 2.0 * double(s.batch * s.heads) * double(s.seq) * double(s.seq) *
                           double(s.head_dim) / 2.0;
@@ -255,10 +288,11 @@ TEST_CASE("cuda flash attention: timings", "[.][perf]") {
     });
     unsetenv("DISTRO_CUDA_ATTENTION");
     std::printf("flash attention batch %lld seq %lld heads %lld head_dim %lld: forward %.3f ms (%.0f causal TFLOP/s), "
-                "backward %.3f ms (%.0f); GEMM path forward %.3f ms (%.0f), backward %.3f ms (%.0f)\n",
+                "backward %.3f ms (%.0f), with dq recomputed %.3f ms (%.0f); GEMM path forward %.3f ms (%.0f), "
+                "backward %.3f ms (%.0f)\n",
                 (long long)s.batch, (long long)s.seq, (long long)s.heads, (long long)s.head_dim, fwd,
-                causal / fwd / 1e9, bwd, 2.5 * causal / bwd / 1e9, gfwd, causal / gfwd / 1e9, gbwd,
-                2.5 * causal / gbwd / 1e9);
+                causal / fwd / 1e9, bwd, 2.5 * causal / bwd / 1e9, bwd_re, 2.5 * causal / bwd_re / 1e9, gfwd,
+                causal / gfwd / 1e9, gbwd, 2.5 * causal / gbwd / 1e9);
   }
 }
 
