@@ -130,6 +130,9 @@ int main(int argc, char** argv) {
     uint64_t up = 0, down = 0;
     double loss = 0.0;
     std::future<MergedUpdate> pending;  // --overlap: the previous step's update, being merged
+    // The parameters' hash after the last apply, as a node keeps it (net/node_worker.cpp): the
+    // coordinator's part merges against it, so each step hashes once, after its apply.
+    uint64_t hash = peer.hash();
     // One step's times (kept after the warm-up) and its line.
     const auto record = [&](unsigned s, double t0, double t1, double t2, double step_loss) {
       if (s > o.warmup) {
@@ -184,11 +187,10 @@ int main(int argc, char** argv) {
       const double t_e = bench::now_seconds();
       Merger merger(opt.manifest(), run_id, s);
       merger.add(payload);
-      std::vector<uint8_t> update = encode_update(opt.manifest(), merger.finish(lr, 0.0f, peer.hash()));
+      std::vector<uint8_t> update = encode_update(opt.manifest(), merger.finish(lr, 0.0f, hash));
       const double t_m = bench::now_seconds();
       peer.apply(update);
-      const uint64_t h = peer.hash();
-      (void)h;
+      hash = peer.hash();
       peer.device().synchronize();
       const double t2 = bench::now_seconds();
       if (s > o.warmup) {
