@@ -23,24 +23,26 @@
 //       dK/dV: a CTA owns BN keys (K, V resident) and loops over the query tiles at or after them;
 //         per tile S^T = K Q^T and dP^T = V dO^T (warps split keys x queries), P = exp(S - lse),
 //         dS = P (dP - Dt), both written to shared memory as bf16, then dV += P^T dO and
-//         dK += dS^T Q (warps split keys x head_dim, accumulators in registers); writes dv and
-//         scale * dk once.
-//       dQ: a CTA owns BM query rows (Q, dO resident) and loops over key tiles up to the diagonal,
-//         recomputing S, dP and dS in registers, dQ += dS K; writes scale * dq once.
-//     This recomputes S and dP for dQ (7 products of 2 T^2 D / 2 instead of FA2's 5) but needs no
-//     atomics and no dq accumulator in memory. Query row 0 has a single key, so its dS is exactly
-//     zero (the softmax of one score does not depend on it); it is set so rather than computed as
-//     P (dP - Dt), whose two terms come from different roundings.
+//         dK += dS^T Q (warps split keys x head_dim, two blocks of 16 keys each, accumulators in
+//         registers); writes dv and scale * dk once. It also stores each dS^T tile to the scratch
+//         (DsTiles: only the tiles at or below the diagonal).
+//       dQ: a CTA owns 128 query rows and loops over the key tiles up to the diagonal, dQ += dS K
+//         with dS read back from the scratch (cp.async): one product. When the scratch cannot hold
+//         even one batch entry's dS, the dQ kernel recomputes S, dP and dS in registers instead
+//         (7 products of 2 T^2 D / 2 in all instead of FA2's 5; with the stored dS, 5).
+//     Either way no atomics and no dq accumulator in memory. Query row 0 has a single key, so its dS
+//     is exactly zero (the softmax of one score does not depend on it); it is set so rather than
+//     computed as P (dP - Dt), whose two terms come from different roundings.
 //   - Rows past seq (tails of the last blocks) load as zeros and are masked: a key j counts for query
 //     t only if j <= t < seq; nothing past seq is written.
-//   - Block sizes by head_dim (Plan<D>; forward queries x keys, dK/dV keys x queries, dQ queries x
-//     keys; 8 warps each, 256 threads):
+//   - Block sizes by head_dim (Plan<D>; forward queries x keys, dK/dV keys x queries, recomputing
+//     dQ queries x keys; 8 warps each, 256 threads; the dQ from the stored dS is 128 x 64 for all):
 //       32:    128 x 64 (2 CTAs/SM),  128 x 64,  128 x 32   (Q, and in dQ also dO, fragments in
 //       64:    128 x 64,              128 x 64,  128 x 64    registers for head_dim <= 64)
 //       128:   128 x 64,               64 x 64,  128 x 64
 //       256:   128 x 64,               64 x 64,  128 x 32   (198-217 KB of shared memory: Hopper)
 //     chosen by timing the variants on an H200 (1b shape: forward 188, dK/dV 188 and dQ 198 TFLOP/s
-//     of the products each computes). Dynamic shared memory per block: 30/77 KB (32), 54/109 KB (64),
+//     of the products each computes, before dS was stored; with it, Nsight: dK/dV 1.45 ms, dQ 0.49). Dynamic shared memory per block: 30/77 KB (32), 54/109 KB (64),
 //     102/136 KB (128), 198/217 KB (256) for the forward / the largest backward kernel.
 //     The mma/ldmatrix code needs sm_80; on older targets the kernels compile to nothing and the
 //     launchers refuse the device (cudaErrorNotSupported).
