@@ -2,6 +2,8 @@
 // in one block: each thread sums its strided columns in order, then a fixed warp/block tree. The
 // weight gradient reduces over rows, so it is cut into fixed blocks of rows (partial sums per
 // column, no atomics) and the partials are then added per column in block order.
+#include <initializer_list>
+
 #include "cuda/kernels.hpp"
 #include "model_common.cuh"
 
@@ -53,6 +55,89 @@ __global__ void __launch_bounds__(256)
   }
 }
 
+// The same two ops for rows of dim % 4 == 0 floats, 16-byte aligned, with at most 4 * threads float4
+// per row: each thread loads its NV float4 of the row once, with every load in flight together,
+// and keeps them in registers for the second pass (the scalar kernels above read the row twice).
+// Sums per thread run over its elements in column order; the tree is block_sum's.
+template <int NV>
+__global__ void __launch_bounds__(256)
+    rmsnorm_forward4_kernel(float4* y, float* rstd, const float4* x, const float4* __restrict__ w, uint64_t rows,
+                            uint64_t dim, float eps) {
+  __shared__ float red[32];
+  const uint64_t d4 = dim / 4;
+  for (uint64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const float4* xr = x + r * d4;
+    float4 v[NV];
+    float ss = 0.0f;
+#pragma unroll
+    for (int i = 0; i < NV; ++i) {
+      const uint64_t c = threadIdx.x + uint64_t(i) * blockDim.x;
+      v[i] = c < d4 ? xr[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+#pragma unroll
+    for (int i = 0; i < NV; ++i) ss += v[i].x * v[i].x + v[i].y * v[i].y + v[i].z * v[i].z + v[i].w * v[i].w;
+    ss = block_sum(ss, red);
+    const float rs = 1.0f / sqrtf(ss / float(dim) + eps);
+    if (threadIdx.x == 0) rstd[r] = rs;
+    float4* yr = y + r * d4;
+#pragma unroll
+    for (int i = 0; i < NV; ++i) {
+      const uint64_t c = threadIdx.x + uint64_t(i) * blockDim.x;
+      if (c >= d4) continue;
+      const float4 wc = w[c];
+      yr[c] = make_float4((v[i].x * rs) * wc.x, (v[i].y * rs) * wc.y, (v[i].z * rs) * wc.z, (v[i].w * rs) * wc.w);
+    }
+  }
+}
+
+template <int NV>
+__global__ void __launch_bounds__(256)
+    rmsnorm_backward_input4_kernel(float4* dx, const float4* dy, const float4* x, const float4* __restrict__ w,
+                                   const float* __restrict__ rstd, uint64_t rows, uint64_t dim) {
+  __shared__ float red[32];
+  const uint64_t d4 = dim / 4;
+  for (uint64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const float4 *xr = x + r * d4, *dyr = dy + r * d4;
+    float4 gw[NV], xv[NV];  // dy * w and x
+    float dot = 0.0f;
+#pragma unroll
+    for (int i = 0; i < NV; ++i) {
+      const uint64_t c = threadIdx.x + uint64_t(i) * blockDim.x;
+      const float4 z = make_float4(0.f, 0.f, 0.f, 0.f);
+      const float4 g = c < d4 ? dyr[c] : z, wc = c < d4 ? w[c] : z;
+      xv[i] = c < d4 ? xr[c] : z;
+      gw[i] = make_float4(g.x * wc.x, g.y * wc.y, g.z * wc.z, g.w * wc.w);
+    }
+#pragma unroll
+    for (int i = 0; i < NV; ++i)
+      dot += gw[i].x * xv[i].x + gw[i].y * xv[i].y + gw[i].z * xv[i].z + gw[i].w * xv[i].w;
+    dot = block_sum(dot, red);
+    const float rs = rstd[r];
+    const float k = dot * (rs * rs * rs) / float(dim);
+    float4* dxr = dx + r * d4;
+#pragma unroll
+    for (int i = 0; i < NV; ++i) {
+      const uint64_t c = threadIdx.x + uint64_t(i) * blockDim.x;
+      if (c >= d4) continue;
+      float4 o = dxr[c];
+      o.x += gw[i].x * rs - xv[i].x * k;
+      o.y += gw[i].y * rs - xv[i].y * k;
+      o.z += gw[i].z * rs - xv[i].z * k;
+      o.w += gw[i].w * rs - xv[i].w * k;
+      dxr[c] = o;
+    }
+  }
+}
+
+// Float4 per thread of the vector kernels for a row of dim floats, or 0 when they do not apply.
+int vector_width(uint64_t dim, std::initializer_list<const void*> ptrs) {
+  if (dim % 4 != 0) return 0;
+  for (const void* p : ptrs)
+    if (!model::aligned(p, 16)) return 0;
+  const uint64_t per = (dim / 4 + row_threads(dim) - 1) / row_threads(dim);
+  return per <= 4 ? int(per) : 0;
+}
+
 constexpr unsigned kColThreads = 256;
 constexpr uint64_t kMaxPartials = 65535;  // gridDim.y limit
 
@@ -92,7 +177,16 @@ __global__ void __launch_bounds__(kColThreads)
 cudaError_t launch_rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, uint64_t rows,
                                    uint64_t dim, float eps, unsigned max_blocks, cudaStream_t stream) {
   if (rows == 0 || dim == 0) return cudaSuccess;
-  rmsnorm_forward_kernel<<<row_grid(rows, max_blocks), row_threads(dim), 0, stream>>>(y, rstd, x, w, rows, dim, eps);
+  const unsigned grid = row_grid(rows, max_blocks), threads = row_threads(dim);
+  auto* y4 = reinterpret_cast<float4*>(y);
+  auto *x4 = reinterpret_cast<const float4*>(x), *w4 = reinterpret_cast<const float4*>(w);
+  switch (vector_width(dim, {y, x, w})) {
+    case 1: rmsnorm_forward4_kernel<1><<<grid, threads, 0, stream>>>(y4, rstd, x4, w4, rows, dim, eps); break;
+    case 2: rmsnorm_forward4_kernel<2><<<grid, threads, 0, stream>>>(y4, rstd, x4, w4, rows, dim, eps); break;
+    case 3: rmsnorm_forward4_kernel<3><<<grid, threads, 0, stream>>>(y4, rstd, x4, w4, rows, dim, eps); break;
+    case 4: rmsnorm_forward4_kernel<4><<<grid, threads, 0, stream>>>(y4, rstd, x4, w4, rows, dim, eps); break;
+    default: rmsnorm_forward_kernel<<<grid, threads, 0, stream>>>(y, rstd, x, w, rows, dim, eps);
+  }
   return cudaGetLastError();
 }
 
@@ -100,8 +194,17 @@ cudaError_t launch_rmsnorm_backward_input(float* dx, const float* dy, const floa
                                           const float* rstd, uint64_t rows, uint64_t dim, unsigned max_blocks,
                                           cudaStream_t stream) {
   if (rows == 0 || dim == 0) return cudaSuccess;
-  rmsnorm_backward_input_kernel<<<row_grid(rows, max_blocks), row_threads(dim), 0, stream>>>(dx, dy, x, w, rstd,
-                                                                                               rows, dim);
+  const unsigned grid = row_grid(rows, max_blocks), threads = row_threads(dim);
+  auto* dx4 = reinterpret_cast<float4*>(dx);
+  auto *dy4 = reinterpret_cast<const float4*>(dy), *x4 = reinterpret_cast<const float4*>(x),
+       *w4 = reinterpret_cast<const float4*>(w);
+  switch (vector_width(dim, {dx, dy, x, w})) {
+    case 1: rmsnorm_backward_input4_kernel<1><<<grid, threads, 0, stream>>>(dx4, dy4, x4, w4, rstd, rows, dim); break;
+    case 2: rmsnorm_backward_input4_kernel<2><<<grid, threads, 0, stream>>>(dx4, dy4, x4, w4, rstd, rows, dim); break;
+    case 3: rmsnorm_backward_input4_kernel<3><<<grid, threads, 0, stream>>>(dx4, dy4, x4, w4, rstd, rows, dim); break;
+    case 4: rmsnorm_backward_input4_kernel<4><<<grid, threads, 0, stream>>>(dx4, dy4, x4, w4, rstd, rows, dim); break;
+    default: rmsnorm_backward_input_kernel<<<grid, threads, 0, stream>>>(dx, dy, x, w, rstd, rows, dim);
+  }
   return cudaGetLastError();
 }
 

@@ -179,7 +179,10 @@ TEST_CASE("cuda model: rmsnorm forward and backward", "[cuda][model][rmsnorm]") 
   INFO("seed " << seed);
   Rng rng(seed);
   struct Shape { int64_t rows, dim; };
-  for (const Shape& s : {Shape{512, 128}, Shape{64, 2048}, Shape{33, 17}, Shape{1, 1}, Shape{5000, 96}}) {
+  // Rows of 1 to 4 float4 per thread run the vector kernels (768: small's, 2048: 1b's); 17, 1 and
+  // 8192 (8 per thread) the scalar ones.
+  for (const Shape& s : {Shape{512, 128}, Shape{64, 2048}, Shape{33, 17}, Shape{1, 1}, Shape{5000, 96},
+                         Shape{40, 768}, Shape{16, 3072}, Shape{8, 4096}, Shape{4, 8192}}) {
     INFO("rows " << s.rows << " dim " << s.dim);
     const size_t n = size_t(s.rows * s.dim);
     const auto x = rng.normal(n, 2.0f), w = rng.normal(size_t(s.dim)), dy = rng.normal(n);
