@@ -167,6 +167,20 @@ __device__ __forceinline__ void cp_async_wait() {
 #endif
 }
 
+// acc (16 x 8N, N n-tiles) += a (16 x 16) times rows k0..k0+15, columns 0..8N-1 of a tile stored
+// [k][n]: O += P V in the forward, dQ += dS K in the recomputing dQ kernel.
+template <int N>
+__device__ __forceinline__ void mma_rows_kn(float (&acc)[N][4], const u32 (&a)[4], const bf16* t, int ld, int k0,
+                                            int lane) {
+#pragma unroll
+  for (int n = 0; n < N / 2; ++n) {
+    u32 b[4];
+    ldsm4t(b, bkn_addr(t, ld, k0, n * 16, lane));
+    mma(acc[2 * n], a, b[0], b[1]);
+    mma(acc[2 * n + 1], a, b[2], b[3]);
+  }
+}
+
 __device__ __forceinline__ float4 load4(const float* p) { return __ldg(reinterpret_cast<const float4*>(p)); }
 
 // 16 bytes of read-only global memory when `ok`, else zeros. A volatile asm keeps the load where
@@ -297,6 +311,43 @@ struct Slots {
   // slot NPA + s (KB steps).
   __host__ __device__ static constexpr int at_a(int s, int KA) { return s * KA / NPA; }
   __host__ __device__ static constexpr int at_b(int s, int KB) { return NPB > 0 ? s * KB / (NPB > 0 ? NPB : 1) : -1; }
+
+  // At k-step kk of the first phase, the slots placed there; run_b likewise for the second phase.
+  template <class F>
+  __device__ __forceinline__ static void run_a(int kk, int KA, F&& slot) {
+#pragma unroll
+    for (int s = 0; s < NPA; ++s)
+      if (at_a(s, KA) == kk) slot(s);
+  }
+  template <class F>
+  __device__ __forceinline__ static void run_b(int ks, int KB, F&& slot) {
+#pragma unroll
+    for (int s = 0; s < NPB; ++s)
+      if (at_b(s, KB) == ks) slot(NPA + s);
+  }
+  // A loop of one phase (K steps): slot s at k-step s K / NP.
+  template <class F>
+  __device__ __forceinline__ static void run_even(int k, int K, F&& slot) {
+#pragma unroll
+    for (int s = 0; s < NP; ++s)
+      if (s * K / NP == k) slot(s);
+  }
+  // A phase, or the whole iteration, whose products a warp skips: only the pipeline's work.
+  template <class F>
+  __device__ __forceinline__ static void run_all_a(F&& slot) {
+#pragma unroll
+    for (int s = 0; s < NPA; ++s) slot(s);
+  }
+  template <class F>
+  __device__ __forceinline__ static void run_all_b(F&& slot) {
+#pragma unroll
+    for (int s = 0; s < NPB; ++s) slot(NPA + s);
+  }
+  template <class F>
+  __device__ __forceinline__ static void run_all(F&& slot) {
+    run_all_a(slot);
+    run_all_b(slot);
+  }
 };
 
 // ---- Block configurations (shared memory sizes are the host's too) ------------------------------
@@ -373,7 +424,7 @@ __global__ void __launch_bounds__(32 * NW, MINB)
   using C = FwdCfg<D, BN, NW>;
   constexpr int BM = C::BM, NT = C::NT, SD = C::SD, KA = D / 16, KB = BN / 16;
   using St = Stream2<BN, D, PFMAX, NT>;
-  constexpr int NP = St::NP, NPA = Slots<NP>::NPA, NPB = Slots<NP>::NPB;
+  constexpr int NP = St::NP;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* sQ = reinterpret_cast<bf16*>(smem);
   bf16* sK = sQ + BM * SD;  // [2][BN][SD]
@@ -431,9 +482,7 @@ __global__ void __launch_bounds__(32 * NW, MINB)
       for (int i = 0; i < BN / 8; ++i) sc[i][0] = sc[i][1] = sc[i][2] = sc[i][3] = 0.f;
 #pragma unroll
       for (int kk = 0; kk < KA; ++kk) {
-#pragma unroll
-        for (int sa = 0; sa < NPA; ++sa)
-          if (Slots<NP>::at_a(sa, KA) == kk) slot(sa);
+        Slots<NP>::run_a(kk, KA, slot);
         u32 a[4];
         if constexpr (C::kQRegs) {
 #pragma unroll
@@ -487,21 +536,12 @@ __global__ void __launch_bounds__(32 * NW, MINB)
       // O += P V.
 #pragma unroll
       for (int ks = 0; ks < KB; ++ks) {
-#pragma unroll
-        for (int sb = 0; sb < NPB; ++sb)
-          if (Slots<NP>::at_b(sb, KB) == ks) slot(NPA + sb);
-#pragma unroll
-        for (int dp = 0; dp < D / 16; ++dp) {
-          u32 bb[4];
-          ldsm4t(bb, bkn_addr(tV, SD, ks * 16, dp * 16, lane));
-          mma(o[2 * dp], pa[ks], bb[0], bb[1]);
-          mma(o[2 * dp + 1], pa[ks], bb[2], bb[3]);
-        }
+        Slots<NP>::run_b(ks, KB, slot);
+        mma_rows_kn(o, pa[ks], tV, SD, ks * 16, lane);
       }
     } else {
       // The whole tile lies above this warp's rows: only the pipeline's work.
-#pragma unroll
-      for (int s = 0; s < NP; ++s) slot(s);
+      Slots<NP>::run_all(slot);
     }
     __syncthreads();
   }
@@ -568,7 +608,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr int WK = C::WK, QW = C::QW, SD = C::SD, SP = C::SP, KA = D / 16, KB = BM / 16;
   constexpr int MK2 = C::MK2, WD2 = C::WD2, DW = C::DW;
   using St = Stream2<BM, D, PFMAX>;
-  constexpr int NP = St::NP, NPA = Slots<NP>::NPA, NPB = Slots<NP>::NPB;
+  constexpr int NP = St::NP;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* sK = reinterpret_cast<bf16*>(smem);
   bf16* sV = sK + BN * SD;
@@ -656,9 +696,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (kmin <= qmin + QW - 1) {
 #pragma unroll
       for (int kk = 0; kk < KA; ++kk) {
-#pragma unroll
-        for (int s1 = 0; s1 < NPA; ++s1)
-          if (Slots<NP>::at_a(s1, KA) == kk) slot(s1);
+        Slots<NP>::run_a(kk, KA, slot);
         u32 ak[4], av[4];
         ldsm4(ak, a_addr(sK, SD, kw * 16, kk * 16, lane));
         ldsm4(av, a_addr(sV, SD, kw * 16, kk * 16, lane));
@@ -674,8 +712,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
     } else {
-#pragma unroll
-      for (int s1 = 0; s1 < NPA; ++s1) slot(s1);
+      Slots<NP>::run_all_a(slot);
     }
     {
       // Masked when some key may follow some query, when the tile passes seq, or at query 0.
@@ -718,9 +755,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (kmin2 <= qt0 + BM - 1) {
 #pragma unroll
       for (int ks = 0; ks < KB; ++ks) {
-#pragma unroll
-        for (int s2 = 0; s2 < NPB; ++s2)
-          if (Slots<NP>::at_b(s2, KB) == ks) slot(NPA + s2);
+        Slots<NP>::run_b(ks, KB, slot);
         u32 ap[MK2][4], as[MK2][4];
 #pragma unroll
         for (int m = 0; m < MK2; ++m) {
@@ -742,8 +777,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
     } else {
-#pragma unroll
-      for (int s2 = 0; s2 < NPB; ++s2) slot(NPA + s2);
+      Slots<NP>::run_all_b(slot);
     }
     __syncthreads();
   }
@@ -768,7 +802,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   using C = BqCfg<D, BN>;
   constexpr int BM = C::BM, SD = C::SD, KA = D / 16, KB = BN / 16;
   using St = Stream2<BN, D, PFMAX>;
-  constexpr int NP = St::NP, NPA = Slots<NP>::NPA, NPB = Slots<NP>::NPB;
+  constexpr int NP = St::NP;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* sQ = reinterpret_cast<bf16*>(smem);
   bf16* sO = sQ + BM * SD;
@@ -834,9 +868,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int e = 0; e < 4; ++e) sc[i][e] = dp[i][e] = 0.f;
 #pragma unroll
       for (int kk = 0; kk < KA; ++kk) {
-#pragma unroll
-        for (int sa = 0; sa < NPA; ++sa)
-          if (Slots<NP>::at_a(sa, KA) == kk) slot(sa);
+        Slots<NP>::run_a(kk, KA, slot);
         u32 aq[4], ao[4];
         if constexpr (C::kRegs) {
 #pragma unroll
@@ -877,20 +909,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       // dQ += dS K.
 #pragma unroll
       for (int ks = 0; ks < KB; ++ks) {
-#pragma unroll
-        for (int sb = 0; sb < NPB; ++sb)
-          if (Slots<NP>::at_b(sb, KB) == ks) slot(NPA + sb);
-#pragma unroll
-        for (int dd = 0; dd < D / 16; ++dd) {
-          u32 bk[4];
-          ldsm4t(bk, bkn_addr(tK, SD, ks * 16, dd * 16, lane));
-          mma(acc[2 * dd], dsa[ks], bk[0], bk[1]);
-          mma(acc[2 * dd + 1], dsa[ks], bk[2], bk[3]);
-        }
+        Slots<NP>::run_b(ks, KB, slot);
+        mma_rows_kn(acc, dsa[ks], tK, SD, ks * 16, lane);
       }
     } else {
-#pragma unroll
-      for (int s = 0; s < NP; ++s) slot(s);
+      Slots<NP>::run_all(slot);
     }
     __syncthreads();
   }
@@ -983,9 +1006,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (key0 <= wq0 + 16 * MT - 1) {
 #pragma unroll
       for (int ks = 0; ks < KB; ++ks) {
-#pragma unroll
-        for (int s = 0; s < NP; ++s)
-          if (s * KB / NP == ks) slot(s);
+        Slots<NP>::run_even(ks, KB, slot);
         u32 a[MT][4];
 #pragma unroll
         for (int m = 0; m < MT; ++m) ldsm4t(a[m], akm_addr(tS, SQ, wr * 16 * MT + 16 * m, ks * 16, lane));
@@ -1002,8 +1023,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
     } else {
-#pragma unroll
-      for (int s = 0; s < NP; ++s) slot(s);
+      Slots<NP>::run_all(slot);
     }
     cp_async_wait();
     __syncthreads();
@@ -1135,7 +1155,7 @@ cudaError_t backward(float* dq, float* dk, float* dv, const float* dout, const f
   using Ckv = BkvCfg<D, P::kKvBN, P::kKvBM>;
   auto kv = flash_backward_kv_kernel<D, P::kKvBN, P::kKvBM, P::kKvPF>;
   if (cudaError_t e = prepare(kv, Ckv::kSmem); e != cudaSuccess) return e;
-  const unsigned kv_blocks = unsigned((T + P::kKvBN - 1) / P::kKvBN), q_blocks = unsigned((T + 16 * kWarps - 1) / (16 * kWarps));
+  const unsigned kv_blocks = unsigned((T + P::kKvBN - 1) / P::kKvBN);
   if (nb == 0) {
     kv<<<dim3(kv_blocks, unsigned(H), unsigned(B)), kThreads, Ckv::kSmem, stream>>>(dk, dv, nullptr, dout, q, k, v,
                                                                                    lse, dt, T, H, scale);
@@ -1143,6 +1163,7 @@ cudaError_t backward(float* dq, float* dk, float* dv, const float* dout, const f
     using C = BqCfg<D, P::kQBN>;
     auto kernel = flash_backward_q_kernel<D, P::kQBN, P::kQPF>;
     if (cudaError_t e = prepare(kernel, C::kSmem); e != cudaSuccess) return e;
+    const unsigned q_blocks = unsigned((T + C::BM - 1) / C::BM);
     kernel<<<dim3(q_blocks, unsigned(H), unsigned(B)), kThreads, C::kSmem, stream>>>(dq, dout, q, k, v, lse, dt, T, H,
                                                                                     scale);
     return cudaGetLastError();
@@ -1150,6 +1171,7 @@ cudaError_t backward(float* dq, float* dk, float* dv, const float* dout, const f
   using Cds = BqDsCfg<D, P::kDsKT>;
   auto qds = flash_backward_q_ds_kernel<D, P::kDsKT, P::kQPF, P::kKvBN, P::kKvBM>;
   if (cudaError_t e = prepare(qds, Cds::kSmem); e != cudaSuccess) return e;
+  const unsigned q_blocks = unsigned((T + Cds::BM - 1) / Cds::BM);
   const int64_t entry = int64_t(T) * H * D, rows = int64_t(H) * T;
   for (int b0 = 0; b0 < B; b0 += nb) {
     const int n = min(nb, B - b0);

@@ -3,6 +3,7 @@
 // weight gradient reduces over rows, so it is cut into fixed blocks of rows (partial sums per
 // column, no atomics) and the partials are then added per column in block order.
 #include <initializer_list>
+#include <type_traits>
 
 #include "cuda/kernels.hpp"
 #include "model_common.cuh"
@@ -129,13 +130,20 @@ __global__ void __launch_bounds__(256)
   }
 }
 
-// Float4 per thread of the vector kernels for a row of dim floats, or 0 when they do not apply.
-int vector_width(uint64_t dim, std::initializer_list<const void*> ptrs) {
-  if (dim % 4 != 0) return 0;
+// Calls launch(std::integral_constant<int, NV>) with the float4 per thread of the vector kernels
+// for a row of dim floats and returns true, or returns false when they do not apply.
+template <class Launch>
+bool launch_vector(uint64_t dim, std::initializer_list<const void*> ptrs, Launch&& launch) {
+  if (dim % 4 != 0) return false;
   for (const void* p : ptrs)
-    if (!model::aligned(p, 16)) return 0;
-  const uint64_t per = (dim / 4 + row_threads(dim) - 1) / row_threads(dim);
-  return per <= 4 ? int(per) : 0;
+    if (!model::aligned(p, 16)) return false;
+  switch ((dim / 4 + row_threads(dim) - 1) / row_threads(dim)) {
+    case 1: launch(std::integral_constant<int, 1>{}); return true;
+    case 2: launch(std::integral_constant<int, 2>{}); return true;
+    case 3: launch(std::integral_constant<int, 3>{}); return true;
+    case 4: launch(std::integral_constant<int, 4>{}); return true;
+    default: return false;
+  }
 }
 
 constexpr unsigned kColThreads = 256;
@@ -180,13 +188,10 @@ cudaError_t launch_rmsnorm_forward(float* y, float* rstd, const float* x, const 
   const unsigned grid = row_grid(rows, max_blocks), threads = row_threads(dim);
   auto* y4 = reinterpret_cast<float4*>(y);
   auto *x4 = reinterpret_cast<const float4*>(x), *w4 = reinterpret_cast<const float4*>(w);
-  switch (vector_width(dim, {y, x, w})) {
-    case 1: rmsnorm_forward4_kernel<1><<<grid, threads, 0, stream>>>(y4, rstd, x4, w4, rows, dim, eps); break;
-    case 2: rmsnorm_forward4_kernel<2><<<grid, threads, 0, stream>>>(y4, rstd, x4, w4, rows, dim, eps); break;
-    case 3: rmsnorm_forward4_kernel<3><<<grid, threads, 0, stream>>>(y4, rstd, x4, w4, rows, dim, eps); break;
-    case 4: rmsnorm_forward4_kernel<4><<<grid, threads, 0, stream>>>(y4, rstd, x4, w4, rows, dim, eps); break;
-    default: rmsnorm_forward_kernel<<<grid, threads, 0, stream>>>(y, rstd, x, w, rows, dim, eps);
-  }
+  const bool vector = launch_vector(dim, {y, x, w}, [&](auto nv) {
+    rmsnorm_forward4_kernel<decltype(nv)::value><<<grid, threads, 0, stream>>>(y4, rstd, x4, w4, rows, dim, eps);
+  });
+  if (!vector) rmsnorm_forward_kernel<<<grid, threads, 0, stream>>>(y, rstd, x, w, rows, dim, eps);
   return cudaGetLastError();
 }
 
@@ -198,13 +203,11 @@ cudaError_t launch_rmsnorm_backward_input(float* dx, const float* dy, const floa
   auto* dx4 = reinterpret_cast<float4*>(dx);
   auto *dy4 = reinterpret_cast<const float4*>(dy), *x4 = reinterpret_cast<const float4*>(x),
        *w4 = reinterpret_cast<const float4*>(w);
-  switch (vector_width(dim, {dx, dy, x, w})) {
-    case 1: rmsnorm_backward_input4_kernel<1><<<grid, threads, 0, stream>>>(dx4, dy4, x4, w4, rstd, rows, dim); break;
-    case 2: rmsnorm_backward_input4_kernel<2><<<grid, threads, 0, stream>>>(dx4, dy4, x4, w4, rstd, rows, dim); break;
-    case 3: rmsnorm_backward_input4_kernel<3><<<grid, threads, 0, stream>>>(dx4, dy4, x4, w4, rstd, rows, dim); break;
-    case 4: rmsnorm_backward_input4_kernel<4><<<grid, threads, 0, stream>>>(dx4, dy4, x4, w4, rstd, rows, dim); break;
-    default: rmsnorm_backward_input_kernel<<<grid, threads, 0, stream>>>(dx, dy, x, w, rstd, rows, dim);
-  }
+  const bool vector = launch_vector(dim, {dx, dy, x, w}, [&](auto nv) {
+    rmsnorm_backward_input4_kernel<decltype(nv)::value><<<grid, threads, 0, stream>>>(dx4, dy4, x4, w4, rstd, rows,
+                                                                                       dim);
+  });
+  if (!vector) rmsnorm_backward_input_kernel<<<grid, threads, 0, stream>>>(dx, dy, x, w, rstd, rows, dim);
   return cudaGetLastError();
 }
 
