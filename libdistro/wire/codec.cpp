@@ -4,17 +4,11 @@
 #include <openssl/sha.h>
 
 #include <algorithm>
-#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <string>
-#include <thread>
-
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include "core/error.hpp"
 #include "wire/bits.hpp"
@@ -443,74 +437,14 @@ void decode_body(size_t n, unsigned threads, size_t reserve, std::vector<uint16_
 
 }  // namespace
 
-// ---- threads ----------------------------------------------------------------------------------------
+// ---- pieces, public ------------------------------------------------------------------------------
 
 namespace wire {
-
-unsigned default_threads(unsigned requested) {
-  if (requested > 0) return requested;
-  return std::clamp(std::thread::hardware_concurrency(), 1u, kMaxDefaultThreads);
-}
 
 uint64_t piece_count(const Manifest& m) {
   uint64_t n = 0;
   for (const TensorPlan& t : m.tensors) n += (t.chunks + kPieceChunks - 1) / kPieceChunks;
   return n;
-}
-
-void advise_huge_pages(void* p, size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  if (p == nullptr || bytes < 2 * kHuge) return;
-  // The whole huge pages inside the block: madvise wants an aligned start, and the partial pages at
-  // either end may be shared with other allocations.
-  const uintptr_t begin = (uintptr_t(p) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t end = (uintptr_t(p) + bytes) & ~(kHuge - 1);
-  if (end > begin) (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#else
-  (void)p;
-  (void)bytes;
-#endif
-}
-
-void run_tasks(unsigned threads, size_t n, const std::function<void(size_t)>& task) {
-  if (n == 0) return;
-  threads = unsigned(std::min<size_t>(std::max(threads, 1u), n));
-  if (threads == 1) {
-    for (size_t i = 0; i < n; ++i) task(i);
-    return;
-  }
-  std::atomic<size_t> next{0};
-  std::atomic<size_t> failed{SIZE_MAX};          // the lowest failing task so far
-  std::vector<std::exception_ptr> errors(n);  // each written by the one thread that ran the task
-  auto work = [&]() noexcept {
-    for (;;) {
-      const size_t i = next.fetch_add(1);
-      if (i >= n) return;
-      if (i > failed.load()) continue;  // an earlier task failed; its error is the one to report
-      try {
-        task(i);
-      } catch (...) {
-        errors[i] = std::current_exception();
-        size_t seen = failed.load();
-        while (i < seen && !failed.compare_exchange_weak(seen, i)) {
-        }
-      }
-    }
-  };
-  std::vector<std::thread> pool;
-  pool.reserve(threads - 1);
-  for (unsigned t = 1; t < threads; ++t) {
-    try {
-      pool.emplace_back(work);
-    } catch (...) {
-      break;  // no more threads to be had: those running (the caller at least) take all the tasks
-    }
-  }
-  work();
-  for (std::thread& t : pool) t.join();
-  const size_t f = failed.load();
-  if (f != SIZE_MAX) std::rethrow_exception(errors[f]);
 }
 
 }  // namespace wire

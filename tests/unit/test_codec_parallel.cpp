@@ -5,12 +5,20 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <map>
+#include <mutex>
 #include <random>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "core/error.hpp"
 #include "optim/chunk_math.hpp"
@@ -173,6 +181,51 @@ TEST_CASE("run_tasks runs every task once and rethrows the lowest failing task's
     }), std::out_of_range);
   }
   wire::run_tasks(4, 0, [](size_t) { FAIL("no tasks to run"); });
+}
+
+#if defined(__linux__)
+// Kernel thread ids (not std::thread::id, which glibc may hand to a new thread again).
+static std::set<long> process_threads() {
+  std::set<long> ids;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/task")) ids.insert(std::stol(e.path().filename()));
+  return ids;
+}
+
+TEST_CASE("run_tasks lends threads that stay between calls instead of starting new ones", "[wire]") {
+  auto tids_of_call = [](unsigned threads) {
+    std::mutex mu;
+    std::set<long> seen;
+    wire::run_tasks(threads, 64, [&](size_t) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));  // long enough for every helper to join
+      std::lock_guard lock(mu);
+      seen.insert(long(syscall(SYS_gettid)));
+    });
+    return seen;
+  };
+  (void)tids_of_call(8);  // starts the pool's threads if no earlier call did
+  for (int call = 0; call < 5; ++call) {
+    const std::set<long> before = process_threads();
+    const std::set<long> seen = tids_of_call(8);
+    REQUIRE(seen.size() > 1);  // the call did run on helpers
+    for (long t : seen) REQUIRE(before.count(t) == 1);  // each of them existed before the call
+  }
+}
+#endif
+
+TEST_CASE("run_tasks from several threads at once, and from inside a task", "[wire]") {
+  // Callers compete for the pool's threads, and tasks call run_tasks themselves: every task of
+  // every call still runs exactly once, and every call returns.
+  constexpr size_t kOuter = 24, kInner = 40;
+  std::vector<std::atomic<int>> runs(4 * kOuter * kInner);
+  std::vector<std::thread> callers;
+  for (size_t c = 0; c < 4; ++c)
+    callers.emplace_back([&, c] {
+      wire::run_tasks(6, kOuter, [&](size_t i) {
+        wire::run_tasks(3, kInner, [&](size_t j) { ++runs[(c * kOuter + i) * kInner + j]; });
+      });
+    });
+  for (std::thread& t : callers) t.join();
+  for (auto& r : runs) REQUIRE(r.load() == 1);
 }
 
 TEST_CASE("parallel encode_payload and decode_payload equal the sequential ones", "[wire]") {
