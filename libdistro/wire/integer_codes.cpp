@@ -149,14 +149,60 @@ void bic_get(BitReader& reader, uint16_t* x, uint32_t k, uint32_t lo, uint32_t h
   }
 }
 
+// The same codes for a set size K known at compile time (the top-k of most runs is 1 to 4): the
+// recursion unrolls into straight-line code with no stack. It leaves out the "every value implied"
+// stop, which changes nothing: in a range of exactly K values every code has n == 1 and takes no
+// bits, and yields lo, lo + 1, ... as the stop does.
+template <uint32_t K>
+inline void bic_put_k(BitWriter& w, const uint16_t* x, uint32_t lo, uint32_t hi) {
+  if constexpr (K > 0) {
+    constexpr uint32_t m = K / 2;
+    const uint32_t min = lo + m, max = hi - (K - 1 - m);
+    const uint32_t v = x[m];
+    truncated_put(w, v - min, max - min + 1);
+    bic_put_k<m>(w, x, lo, v - 1);
+    bic_put_k<K - 1 - m>(w, x + m + 1, v + 1, hi);
+  }
+}
+
+template <uint32_t K>
+inline void bic_get_k(BitReader& r, uint16_t* x, uint32_t lo, uint32_t hi) {
+  if constexpr (K > 0) {
+    constexpr uint32_t m = K / 2;
+    const uint32_t min = lo + m, max = hi - (K - 1 - m);
+    const uint32_t v = min + truncated_get(r, max - min + 1);
+    x[m] = uint16_t(v);
+    bic_get_k<m>(r, x, lo, v - 1);
+    bic_get_k<K - 1 - m>(r, x + m + 1, v + 1, hi);
+  }
+}
+
 }  // namespace
 
 void put_interpolative(BitWriter& w, const uint16_t* x, uint32_t k, uint32_t universe) {
-  if (k > 0) bic_put(w, x, k, 0, universe - 1);
+  const uint32_t hi = universe - 1;
+  switch (k) {
+    case 0: return;
+    case 1: return bic_put_k<1>(w, x, 0, hi);
+    case 2: return bic_put_k<2>(w, x, 0, hi);
+    case 3: return bic_put_k<3>(w, x, 0, hi);
+    case 4: return bic_put_k<4>(w, x, 0, hi);
+    default: return bic_put(w, x, k, 0, hi);
+  }
 }
 
-void get_interpolative(BitReader& r, uint16_t* x, uint32_t k, uint32_t universe) {
-  if (k > 0) bic_get(r, x, k, 0, universe - 1);
+void get_interpolative(BitReader& reader, uint16_t* x, uint32_t k, uint32_t universe) {
+  if (k > 4) return bic_get(reader, x, k, 0, universe - 1);
+  BitReader r = reader;  // a local copy stays in registers; written back at the end
+  const uint32_t hi = universe - 1;
+  switch (k) {
+    case 1: bic_get_k<1>(r, x, 0, hi); break;
+    case 2: bic_get_k<2>(r, x, 0, hi); break;
+    case 3: bic_get_k<3>(r, x, 0, hi); break;
+    case 4: bic_get_k<4>(r, x, 0, hi); break;
+    default: break;
+  }
+  reader = r;
 }
 
 }  // namespace distro::wire
