@@ -6,8 +6,9 @@
 #
 # Without BIN_DIR the script configures and builds here: CMake + Ninja, CUDA arch 90, Release,
 # GUI and Vulkan off, tests on, into build-gpu/ (the GPU tests, both GPU benchmarks and distro).
-# That needs OpenSSL's headers, Catch2 2, nlohmann/json, asio and SQLite; DEPS_DIR may hold the last four as a
-# prefix (DIR/include/catch2, DIR/include/nlohmann, DIR/lib/cmake/Catch2), e.g. copied from a
+# That needs OpenSSL's headers, Catch2 2, nlohmann/json, asio, SQLite and xxHash's header (xxhash.h);
+# DEPS_DIR may hold the last five as a prefix (DIR/include/catch2, DIR/include/nlohmann,
+# DIR/include/xxhash.h, DIR/lib/cmake/Catch2), e.g. copied from a
 # Debian machine into the ignored folder .gpu-deps/deps and carried. If the build fails and
 # FALLBACK_BIN names binaries built elsewhere, those run instead. BIN_DIR skips the build: binaries
 # built elsewhere for this GPU (e.g. on a machine without a GPU: the same cmake line plus

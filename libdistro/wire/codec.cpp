@@ -1,7 +1,8 @@
-// Wire format v2 (docs/protocol.md is the specification; keep the two in step).
+// Wire format v3 (docs/protocol.md is the specification; keep the two in step).
 #include "wire/codec.hpp"
 
-#include <openssl/sha.h>
+#define XXH_INLINE_ALL  // header-only xxHash (libxxhash-dev); nothing to link
+#include <xxhash.h>
 
 #include <algorithm>
 #include <bit>
@@ -60,11 +61,8 @@ uint64_t get_le(const uint8_t* p, int bytes) {
 uint32_t float_bits(float f) { return std::bit_cast<uint32_t>(f); }
 float bits_float(uint32_t b) { return std::bit_cast<float>(b); }
 
-uint64_t checksum(const uint8_t* p, size_t n) {
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(p, n, digest);
-  return get_le(digest, 8);
-}
+// XXH3_64bits (xxHash 0.8, seed 0, default secret) over header and body; written little-endian.
+uint64_t checksum(const uint8_t* p, size_t n) { return XXH3_64bits(p, n); }
 
 std::string hex64(uint64_t v) {
   char buf[24];

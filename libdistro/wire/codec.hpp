@@ -14,7 +14,7 @@
 
 namespace distro {
 
-constexpr uint16_t kWireVersion = 2;
+constexpr uint16_t kWireVersion = 3;
 enum class MessageKind : uint8_t { payload = 1, update = 2 };
 
 // Header fields readable without a manifest.

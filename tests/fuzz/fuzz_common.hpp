@@ -6,7 +6,8 @@
 // make_manifest), and so a libFuzzer build needs only the wire sources.
 #pragma once
 
-#include <openssl/sha.h>
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -61,7 +62,7 @@ inline Manifest manifest(ValueMode mode) {
   return m;
 }
 
-// Header layout constants of wire v2 (docs/protocol.md), for the reseal step below.
+// Header layout constants of wire v3 (docs/protocol.md), for the reseal step below.
 constexpr size_t kBodyLengthOffset = 36;
 inline size_t header_bytes(uint8_t kind) { return kind == 2 ? 56 : 40; }
 
@@ -73,9 +74,8 @@ inline bool reseal(std::vector<uint8_t>& m) {
   if (m.size() < hb + 8) return false;
   uint64_t body = m.size() - hb - 8;
   for (int i = 0; i < 4; ++i) m[kBodyLengthOffset + i] = uint8_t(body >> (8 * i));
-  unsigned char d[SHA256_DIGEST_LENGTH];
-  SHA256(m.data(), m.size() - 8, d);
-  std::memcpy(m.data() + m.size() - 8, d, 8);
+  uint64_t h = XXH3_64bits(m.data(), m.size() - 8);  // the checksum: XXH3-64, little-endian
+  for (int i = 0; i < 8; ++i) m[m.size() - 8 + size_t(i)] = uint8_t(h >> (8 * i));
   return true;
 }
 

@@ -1,4 +1,4 @@
-// libFuzzer target: peer payload decoding (wire v2) against a fixed small manifest.
+// libFuzzer target: peer payload decoding (wire v3) against a fixed small manifest.
 #include "fuzz_common.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

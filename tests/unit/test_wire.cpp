@@ -1,4 +1,4 @@
-// Wire format v2: round trips, size targets and a corpus of malformed messages (docs/protocol.md).
+// Wire format v3: round trips, size targets and a corpus of malformed messages (docs/protocol.md).
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -146,7 +146,7 @@ void put_le(std::vector<uint8_t>& out, uint64_t v, int bytes) {
 }
 
 struct HeaderFields {
-  uint16_t version = 2;
+  uint16_t version = 3;
   uint8_t kind = 1;
   uint8_t values = 1;
   uint64_t run_id = 11, step = 22, manifest_hash = 0;
@@ -171,7 +171,7 @@ std::vector<uint8_t> craft(const HeaderFields& h, const std::vector<uint8_t>& bo
     put_le(out, h.prev_hash, 8);
   }
   out.insert(out.end(), body.begin(), body.end());
-  put_le(out, test::sha_prefix(out.data(), out.size()), 8);
+  put_le(out, test::wire_checksum(out.data(), out.size()), 8);
   return out;
 }
 
@@ -224,7 +224,7 @@ TEST_CASE("payloads round-trip on random manifests in both value modes", "[wire]
 
       MessageHeader h = inspect_message(bytes);
       REQUIRE(h.kind == MessageKind::payload);
-      REQUIRE(h.version == 2);
+      REQUIRE(h.version == 3);
       REQUIRE(h.values == mode);
       REQUIRE(h.run_id == p.run_id);
       REQUIRE(h.step == p.step);
@@ -379,10 +379,10 @@ TEST_CASE("header checks name what was wrong", "[wire]") {
     require_error([&] { decode_payload(m, b); }, Code::corrupt, "magic");
   }
   SECTION("wrong version") {
-    for (uint16_t version : {1, 3}) {
+    for (uint16_t version : {1, 2, 4}) {
       HeaderFields v = h;
       v.version = version;
-      const std::string want = "wire version " + std::to_string(version) + " is not supported; this library reads version 2";
+      const std::string want = "wire version " + std::to_string(version) + " is not supported; this library reads version 3";
       require_error([&] { decode_payload(m, craft(v, body)); }, Code::mismatch, want);
       require_error([&] { inspect_message(craft(v, body)); }, Code::mismatch, want);
     }
@@ -882,7 +882,7 @@ TEST_CASE("inspect_message reads both kinds without a manifest", "[wire]") {
   MergedUpdate u = random_update(rng, m);
   MessageHeader hu = inspect_message(encode_update(m, u));
   REQUIRE(hu.kind == MessageKind::update);
-  REQUIRE(hu.version == 2);
+  REQUIRE(hu.version == 3);
   REQUIRE(hu.run_id == u.run_id);
   REQUIRE(hu.step == u.step);
   REQUIRE(hu.peer_id == u.contributors);

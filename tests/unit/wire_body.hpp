@@ -1,9 +1,10 @@
 // Helpers shared by the wire tests (test_wire.cpp, test_codec_parallel.cpp) for building and editing
 // messages by hand, from an independent reading of docs/protocol.md: the checksum, and the piece
-// table of a version 2 body.
+// table of a version 3 body.
 #pragma once
 
-#include <openssl/sha.h>
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -11,17 +12,12 @@
 
 namespace distro::test {
 
-inline uint64_t sha_prefix(const uint8_t* p, size_t n) {
-  unsigned char d[SHA256_DIGEST_LENGTH];
-  SHA256(p, n, d);
-  uint64_t h = 0;
-  for (int i = 0; i < 8; ++i) h |= uint64_t(d[i]) << (8 * i);
-  return h;
-}
+// The wire checksum: XXH3_64bits (xxHash 0.8, seed 0, default secret) of header and body.
+inline uint64_t wire_checksum(const uint8_t* p, size_t n) { return XXH3_64bits(p, n); }
 
 // Recomputes the trailing checksum after a test edited a message.
 inline void reseal(std::vector<uint8_t>& msg) {
-  uint64_t h = sha_prefix(msg.data(), msg.size() - 8);
+  uint64_t h = wire_checksum(msg.data(), msg.size() - 8);
   for (int i = 0; i < 8; ++i) msg[msg.size() - 8 + i] = uint8_t(h >> (8 * i));
 }
 

@@ -50,7 +50,7 @@ extern "C" {
 /* The shared library's SOVERSION; it changes only when the ABI breaks. */
 #define DISTRO_ABI_VERSION 1
 /* The wire format version this header describes (docs/protocol.md). */
-#define DISTRO_WIRE_VERSION 2
+#define DISTRO_WIRE_VERSION 3
 
 /* The library's version string, e.g. "0.1.0". Static storage; never NULL. */
 DISTRO_API const char *distro_version(void);
