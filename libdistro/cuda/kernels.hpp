@@ -14,12 +14,29 @@
 
 namespace distro::cuda {
 
-// Adds sum over i < n of hash_term(bits(data[i]), i, salt) (optim/hash_mix.hpp) to *out, modulo
-// 2^64. *out is one device word that the caller zeroes first. data must be 4-byte aligned; any
-// further alignment is used when present (16-byte loads). max_blocks bounds the grid (a few per SM
-// is plenty); n == 0 launches nothing.
-cudaError_t launch_hash(const float* data, uint64_t n, uint64_t salt, unsigned long long* out,
-                        unsigned max_blocks, cudaStream_t stream);
+// The parameter hash of up to kMaxHashRuns tensors in one launch: adds, for each run, sum over
+// i < n of hash_term(bits(data[i]), i, salt) (optim/hash_mix.hpp) to *out, modulo 2^64 (the caller
+// zeroes the words first). data must be 4-byte aligned; any further alignment is used (16-byte
+// loads). A run is cut into units of kHashUnitQuads quads (at least one, which also takes the
+// unaligned head and tail): hash_units(data, n) of them, numbered from `begin` in the launch, runs
+// in order and contiguous from 0. max_blocks bounds the persistent grid.
+inline constexpr unsigned kMaxHashRuns = 64;
+inline constexpr uint64_t kHashUnitQuads = 2048;
+struct HashRun {
+  const uint32_t* bits = nullptr;
+  uint64_t n = 0;
+  uint64_t salt = 0;
+  uint64_t begin = 0;
+  unsigned long long* out = nullptr;
+};
+struct HashLaunch {
+  uint64_t units = 0;  // over all runs
+  uint32_t runs = 0;   // 1..kMaxHashRuns
+  HashRun run[kMaxHashRuns];
+};
+static_assert(sizeof(HashLaunch) <= 4000, "the run table must fit the kernel parameters");
+uint64_t hash_units(const float* data, uint64_t n);
+cudaError_t launch_hash_many(const HashLaunch& L, unsigned max_blocks, cudaStream_t stream);
 
 // cudaSuccess when this build holds code that runs on the current device (cudaFuncGetAttributes on
 // a kernel), else the error that a launch would give (e.g. cudaErrorNoKernelImageForDevice).

@@ -240,6 +240,45 @@ TEST_CASE("cuda: the op timer counts each scope's GPU time under its name", "[cu
   cudaStreamDestroy(stream);
 }
 
+TEST_CASE("cuda: hash_many over more tensors than one launch holds equals the host definition", "[cuda][hash]") {
+  // 150 buffers (three launches of at most 64), empty to 300,000 elements, at every 16-byte
+  // misalignment: each sum lands in its own word and equals the sequential definition.
+  auto devices = scan_cuda_devices();
+  REQUIRE(!devices.empty());
+  Device& dev = *devices[0];
+  std::mt19937_64 rng(std::random_device{}());
+  const uint64_t seed = rng();
+  INFO("seed " << seed);
+  rng.seed(seed);
+  std::vector<uint64_t> sizes;
+  for (int i = 0; i < 150; ++i) {
+    const uint64_t kind = rng() % 10;
+    sizes.push_back(kind == 0 ? 0 : kind < 4 ? rng() % 9 : kind < 8 ? rng() % 20000 : 8192 * 4 * (1 + rng() % 8) + rng() % 5);
+  }
+  uint64_t total = 0;
+  for (uint64_t n : sizes) total += n + 3;
+  std::vector<float> host = random_bits(total, uint32_t(seed));
+  DeviceMemory mem = dev.alloc(total * 4);
+  dev.upload(mem.data(), host.data(), total * 4);
+  std::vector<const float*> data;
+  std::vector<uint64_t> salt, want;
+  uint64_t at = 0;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    at += rng() % 4;
+    data.push_back(mem.as<float>() + at);
+    salt.push_back(tensor_salt(i));
+    want.push_back(host_hash(host.data() + at, sizes[i], salt[i]));
+    at += sizes[i];
+  }
+  REQUIRE(at <= total);
+  std::vector<uint64_t> got(sizes.size(), 1);
+  dev.hash_many(data.data(), sizes.data(), salt.data(), sizes.size(), got.data());
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    INFO("buffer " << i << " of " << sizes[i] << " elements");
+    CHECK(got[i] == want[i]);
+  }
+}
+
 TEST_CASE("cuda: the batched reductions equal the single ops, buffer by buffer", "[cuda][hash]") {
   auto devices = scan_cuda_devices();
   REQUIRE(!devices.empty());
