@@ -8,6 +8,8 @@
 #include <mutex>
 #include <thread>
 
+#include <pthread.h>
+
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
@@ -49,21 +51,32 @@ struct Job {
   std::condition_variable idle;  // active fell to 0
 };
 
-// Threads that sleep until a job wants helpers. Started on first need, grown to the most helpers
-// any call has asked for, stopped and joined when the process exits (a static's destructor).
+// Threads that sleep until a job wants helpers: started on first need, grown to the most helpers any
+// call has asked for, stopped and joined when the process exits (or the library is unloaded).
+//
+// fork(): only the forking thread exists in the child, so the child must not use the parent's pool
+// (its threads are gone; joining them at exit would wait forever). The atfork handlers hold the
+// pool's locks across fork(), and in the child drop the pool, which is left unused and never freed
+// there, so the child's first call starts a pool of its own.
 class Pool {
  public:
   static Pool& instance() {
-    static Pool pool;
-    return pool;
+    static const bool handlers = [] {
+      (void)pthread_atfork(&before_fork, &after_fork_parent, &after_fork_child);
+      return true;
+    }();
+    (void)handlers;
+    std::lock_guard lock(create_mu_);
+    if (!current_) current_ = new Pool;  // stopped by the reaper below, never freed (a late call may come)
+    return *current_;
   }
 
   // Lends up to `helpers` threads to the job, runs it on the calling thread too, and returns once
   // every thread that joined it has left it (its tasks are then all done or skipped).
   void run(Job& job, unsigned helpers) {
     std::unique_lock lock(mu_);
-    grow(helpers);
-    job.wanted = std::min<unsigned>(helpers, unsigned(workers_.size()));
+    if (!stop_) grow(helpers);
+    job.wanted = stop_ ? 0 : std::min<unsigned>(helpers, unsigned(workers_.size()));
     if (job.wanted > 0) {
       queue_.push_back(&job);
       lock.unlock();
@@ -80,15 +93,38 @@ class Pool {
     }
   }
 
+  // At exit: wakes and joins the threads (a thread inside a task finishes it first). Calls after this
+  // run on the calling thread alone.
+  static void reap() {
+    Pool* p = nullptr;
+    {
+      std::lock_guard lock(create_mu_);
+      p = current_;
+    }
+    if (!p) return;
+    {
+      std::lock_guard lock(p->mu_);
+      p->stop_ = true;
+    }
+    p->wake_.notify_all();
+    for (std::thread& t : p->workers_) t.join();
+  }
+
  private:
   Pool() = default;
-  ~Pool() {
-    {
-      std::lock_guard lock(mu_);
-      stop_ = true;
-    }
-    wake_.notify_all();
-    for (std::thread& t : workers_) t.join();
+
+  // fork() with the locks held, so that the child's copies of them are not caught mid-use.
+  static void before_fork() {
+    create_mu_.lock();
+    if (current_) current_->mu_.lock();
+  }
+  static void after_fork_parent() {
+    if (current_) current_->mu_.unlock();
+    create_mu_.unlock();
+  }
+  static void after_fork_child() {
+    current_ = nullptr;  // the parent's pool: its threads are not in this process
+    create_mu_.unlock();
   }
 
   // Starts threads until there are `n` (called with mu_ held). A thread that cannot be started is
@@ -123,7 +159,15 @@ class Pool {
   std::deque<Job*> queue_;  // jobs that want more helpers, oldest first
   std::vector<std::thread> workers_;
   bool stop_ = false;
+
+  static inline std::mutex create_mu_;
+  static inline Pool* current_ = nullptr;
 };
+
+// Joins the pool's threads when the process exits or the library is unloaded (static destructor).
+struct Reaper {
+  ~Reaper() { Pool::reap(); }
+} reaper;
 
 }  // namespace
 

@@ -17,7 +17,12 @@
 
 #if defined(__linux__)
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
 #endif
 
 #include "core/error.hpp"
@@ -209,6 +214,40 @@ TEST_CASE("run_tasks lends threads that stay between calls instead of starting n
     REQUIRE(seen.size() > 1);  // the call did run on helpers
     for (long t : seen) REQUIRE(before.count(t) == 1);  // each of them existed before the call
   }
+}
+
+TEST_CASE("run_tasks works in a forked child, which then exits normally", "[wire]") {
+  // The parent's pool threads do not exist in the child: the child must start its own and must not
+  // wait for the parent's at exit. The child reports by its exit status; a hang fails after 30 s.
+  auto count_runs = [](unsigned threads) {
+    std::vector<std::atomic<int>> runs(200);
+    wire::run_tasks(threads, runs.size(), [&](size_t i) { ++runs[i]; });
+    for (auto& r : runs)
+      if (r.load() != 1) return false;
+    return true;
+  };
+  REQUIRE(count_runs(8));  // the parent's pool exists
+  std::fflush(nullptr);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    const bool ok = count_runs(8) && count_runs(3);
+    std::exit(ok ? 0 : 1);  // a normal exit: static destructors run
+  }
+  int status = 0;
+  pid_t done = 0;
+  for (int i = 0; i < 3000 && done == 0; ++i) {
+    done = ::waitpid(child, &status, WNOHANG);
+    if (done == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (done == 0) {
+    ::kill(child, SIGKILL);
+    ::waitpid(child, &status, 0);
+    FAIL("the forked child did not finish within 30 s");
+  }
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  REQUIRE(count_runs(8));  // and the parent's pool still works
 }
 #endif
 
