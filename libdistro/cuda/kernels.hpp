@@ -233,10 +233,27 @@ cudaError_t launch_adamw(const AdamWLaunch& L, unsigned max_blocks, cudaStream_t
 
 // ---- Reductions (kernels/reduce.cu) ----
 
-// *out = sum over i < n of double(x[i])^2, deterministic for a given `blocks` (1..kSumSquaresMaxBlocks):
-// partial (device, `blocks` doubles) takes one sum per block, then one block adds them in order.
-inline constexpr unsigned kSumSquaresMaxBlocks = 1024;
-cudaError_t launch_sum_squares(const float* x, uint64_t n, double* partial, unsigned blocks, double* out,
-                               cudaStream_t stream);
+// For each run, *out = sum over i < n of double(x[i])^2, the same bits whatever the grid: a run is
+// cut into units of kSumSquaresUnitQuads 16-byte quads (sum_squares_units(x, n) of them, at least
+// one, numbered from `begin` in the launch, runs in order and contiguous from 0), each unit summed
+// into partial[unit] (the caller's scratch, `units` doubles), then each run's partials in order.
+// x must be 4-byte aligned. max_blocks bounds the first kernel's persistent grid.
+inline constexpr unsigned kMaxReduceRuns = 64;
+inline constexpr uint64_t kSumSquaresUnitQuads = 2048;
+struct SumSquaresRun {
+  const float* x = nullptr;
+  uint64_t n = 0;
+  uint64_t begin = 0;
+  double* out = nullptr;
+};
+struct SumSquaresLaunch {
+  uint64_t units = 0;  // over all runs
+  uint32_t runs = 0;   // 1..kMaxReduceRuns
+  double* partial = nullptr;
+  SumSquaresRun run[kMaxReduceRuns];
+};
+static_assert(sizeof(SumSquaresLaunch) <= 4000, "the run table must fit the kernel parameters");
+uint64_t sum_squares_units(const float* x, uint64_t n);
+cudaError_t launch_sum_squares_many(const SumSquaresLaunch& L, unsigned max_blocks, cudaStream_t stream);
 
 }  // namespace distro::cuda

@@ -4,6 +4,7 @@
 
 #if defined(DISTRO_HAVE_CUDA)
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -240,9 +241,11 @@ TEST_CASE("cuda: the op timer counts each scope's GPU time under its name", "[cu
   cudaStreamDestroy(stream);
 }
 
-TEST_CASE("cuda: hash_many over more tensors than one launch holds equals the host definition", "[cuda][hash]") {
-  // 150 buffers (three launches of at most 64), empty to 300,000 elements, at every 16-byte
-  // misalignment: each sum lands in its own word and equals the sequential definition.
+TEST_CASE("cuda: hash_many and sum_squares_many over more tensors than one launch holds", "[cuda][hash]") {
+  // 150 buffers (three launches of at most 64), empty to 262,000 elements, at every 16-byte
+  // misalignment: each hash lands in its own word and equals the sequential definition; each sum of
+  // squares equals the host's within float64 rounding and, bit for bit, the buffer's sum on its own
+  // (a buffer's units do not depend on the others in its launch).
   auto devices = scan_cuda_devices();
   REQUIRE(!devices.empty());
   Device& dev = *devices[0];
@@ -273,9 +276,22 @@ TEST_CASE("cuda: hash_many over more tensors than one launch holds equals the ho
   REQUIRE(at <= total);
   std::vector<uint64_t> got(sizes.size(), 1);
   dev.hash_many(data.data(), sizes.data(), salt.data(), sizes.size(), got.data());
+  std::vector<double> sums(sizes.size(), -1.0), again(sizes.size(), -2.0);
+  dev.sum_squares_many(data.data(), sizes.data(), sizes.size(), sums.data());
+  dev.sum_squares_many(data.data(), sizes.data(), sizes.size(), again.data());
   for (size_t i = 0; i < sizes.size(); ++i) {
     INFO("buffer " << i << " of " << sizes[i] << " elements");
     CHECK(got[i] == want[i]);
+    const float* h = host.data() + (data[i] - mem.as<float>());
+    double ref = 0.0;
+    for (uint64_t j = 0; j < sizes[i]; ++j)
+      if (std::isfinite(h[j])) ref += double(h[j]) * double(h[j]);
+    bool finite = true;
+    for (uint64_t j = 0; j < sizes[i]; ++j) finite = finite && std::isfinite(h[j]);
+    if (finite) CHECK(std::abs(sums[i] - ref) <= 1e-12 * ref);
+    CHECK(std::memcmp(&sums[i], &again[i], sizeof(double)) == 0);  // the same bits every time
+    const double alone = dev.sum_squares(data[i], sizes[i]);
+    CHECK(std::memcmp(&sums[i], &alone, sizeof(double)) == 0);
   }
 }
 
