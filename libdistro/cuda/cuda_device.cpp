@@ -439,44 +439,6 @@ unsigned long long* CudaDevice::results(size_t words) {
   return results_.as<unsigned long long>();
 }
 
-void CudaDevice::hash_many(const float* const* data, const uint64_t* n, const uint64_t* salt, size_t count,
-                           uint64_t* out) {
-  cuda::OpTimer::Scope timed(*timer_, "hash_many");
-  if (count == 0) return;
-  activate();
-  for (size_t i = 0; i < count; ++i) {
-    if (n[i] == 0) continue;
-    if (!data[i]) fail(Code::invalid_argument, info_.name + ": hash of a null pointer");
-    if (reinterpret_cast<uintptr_t>(data[i]) % alignof(float) != 0)
-      fail(Code::invalid_argument, info_.name + ": hash: data is not aligned to 4 bytes");
-    check_device_pointer(data[i], "hash");
-  }
-  std::lock_guard<std::mutex> lock(mutex_);
-  unsigned long long* sums = results(count);
-  DISTRO_CUDA_CHECK(cudaMemsetAsync(sums, 0, count * sizeof(unsigned long long), stream_));
-  // Up to kMaxHashRuns tensors per launch (the table travels in the kernel parameters).
-  cuda::HashLaunch L;
-  auto launch = [&] {
-    DISTRO_CUDA_CHECK(cuda::launch_hash_many(L, max_blocks_, stream_));
-    L.units = 0, L.runs = 0;
-  };
-  for (size_t i = 0; i < count; ++i) {
-    if (n[i] == 0) continue;
-    cuda::HashRun& r = L.run[L.runs++];
-    r.bits = reinterpret_cast<const uint32_t*>(data[i]);
-    r.n = n[i];
-    r.salt = salt[i];
-    r.begin = L.units;
-    r.out = sums + i;
-    L.units += cuda::hash_units(data[i], n[i]);
-    if (L.runs == cuda::kMaxHashRuns) launch();
-  }
-  if (L.runs > 0) launch();
-  static_assert(sizeof(unsigned long long) == sizeof(uint64_t));
-  DISTRO_CUDA_CHECK(cudaMemcpyAsync(out, sums, count * sizeof(uint64_t), cudaMemcpyDeviceToHost, stream_));
-  DISTRO_CUDA_CHECK(cudaStreamSynchronize(stream_));
-}
-
 void CudaDevice::first_nonfinite_momentum_many(const float* const* delta, const float* const* grad,
                                                const uint64_t* n, float beta, float lr, size_t count,
                                                uint64_t* out) {

@@ -14,29 +14,34 @@
 
 namespace distro::cuda {
 
-// The parameter hash of up to kMaxHashRuns tensors in one launch: adds, for each run, sum over
-// i < n of hash_term(bits(data[i]), i, salt) (optim/hash_mix.hpp) to *out, modulo 2^64 (the caller
-// zeroes the words first). data must be 4-byte aligned; any further alignment is used (16-byte
-// loads). A run is cut into units of kHashUnitQuads quads (at least one, which also takes the
-// unaligned head and tail): hash_units(data, n) of them, numbered from `begin` in the launch, runs
-// in order and contiguous from 0. max_blocks bounds the persistent grid.
-inline constexpr unsigned kMaxHashRuns = 64;
-inline constexpr uint64_t kHashUnitQuads = 2048;
-struct HashRun {
-  const uint32_t* bits = nullptr;
+// ---- Batched reductions over many tensors (kernels/hash.cu, kernels/reduce.cu) ----
+// One launch covers up to kMaxReduceRuns tensors ("runs"), each cut into units of kReduceUnitQuads
+// 16-byte quads: reduce_units(data, n) of them (at least one; unit 0 also takes the 0..3 elements
+// before the first 16-byte boundary and the 0..3 after the last whole quad), numbered from `begin`
+// in the launch, runs in order and contiguous from 0. A persistent grid of at most max_blocks
+// blocks loops over the units. data must be 4-byte aligned. The table travels in the kernel
+// parameters (under the 4 KiB every CUDA version takes).
+inline constexpr unsigned kMaxReduceRuns = 64;
+inline constexpr uint64_t kReduceUnitQuads = 2048;
+struct ReduceRun {
+  const float* data = nullptr;
   uint64_t n = 0;
-  uint64_t salt = 0;
   uint64_t begin = 0;
-  unsigned long long* out = nullptr;
+  uint64_t salt = 0;    // hash only
+  void* out = nullptr;  // the run's result: unsigned long long (hash) or double (sum of squares)
 };
-struct HashLaunch {
-  uint64_t units = 0;  // over all runs
-  uint32_t runs = 0;   // 1..kMaxHashRuns
-  HashRun run[kMaxHashRuns];
+struct ReduceLaunch {
+  uint64_t units = 0;          // over all runs
+  uint32_t runs = 0;           // 1..kMaxReduceRuns
+  double* partial = nullptr;   // sum of squares only: one per unit (the caller's scratch)
+  ReduceRun run[kMaxReduceRuns];
 };
-static_assert(sizeof(HashLaunch) <= 4000, "the run table must fit the kernel parameters");
-uint64_t hash_units(const float* data, uint64_t n);
-cudaError_t launch_hash_many(const HashLaunch& L, unsigned max_blocks, cudaStream_t stream);
+static_assert(sizeof(ReduceLaunch) <= 4000, "the run table must fit the kernel parameters");
+uint64_t reduce_units(const float* data, uint64_t n);
+
+// Adds, for each run, sum over i < n of hash_term(bits(data[i]), i, salt) (optim/hash_mix.hpp) to
+// its word, modulo 2^64 (the caller zeroes the words first): the CPU's bits in any order.
+cudaError_t launch_hash_many(const ReduceLaunch& L, unsigned max_blocks, cudaStream_t stream);
 
 // cudaSuccess when this build holds code that runs on the current device (cudaFuncGetAttributes on
 // a kernel), else the error that a launch would give (e.g. cudaErrorNoKernelImageForDevice).
@@ -233,27 +238,9 @@ cudaError_t launch_adamw(const AdamWLaunch& L, unsigned max_blocks, cudaStream_t
 
 // ---- Reductions (kernels/reduce.cu) ----
 
-// For each run, *out = sum over i < n of double(x[i])^2, the same bits whatever the grid: a run is
-// cut into units of kSumSquaresUnitQuads 16-byte quads (sum_squares_units(x, n) of them, at least
-// one, numbered from `begin` in the launch, runs in order and contiguous from 0), each unit summed
-// into partial[unit] (the caller's scratch, `units` doubles), then each run's partials in order.
-// x must be 4-byte aligned. max_blocks bounds the first kernel's persistent grid.
-inline constexpr unsigned kMaxReduceRuns = 64;
-inline constexpr uint64_t kSumSquaresUnitQuads = 2048;
-struct SumSquaresRun {
-  const float* x = nullptr;
-  uint64_t n = 0;
-  uint64_t begin = 0;
-  double* out = nullptr;
-};
-struct SumSquaresLaunch {
-  uint64_t units = 0;  // over all runs
-  uint32_t runs = 0;   // 1..kMaxReduceRuns
-  double* partial = nullptr;
-  SumSquaresRun run[kMaxReduceRuns];
-};
-static_assert(sizeof(SumSquaresLaunch) <= 4000, "the run table must fit the kernel parameters");
-uint64_t sum_squares_units(const float* x, uint64_t n);
-cudaError_t launch_sum_squares_many(const SumSquaresLaunch& L, unsigned max_blocks, cudaStream_t stream);
+// For each run, its double = sum over i < n of double(data[i])^2, the same bits whatever the grid
+// and whatever else is in the launch: each unit is summed into partial[unit] in a fixed order and
+// tree, then each run's partials in order.
+cudaError_t launch_sum_squares_many(const ReduceLaunch& L, unsigned max_blocks, cudaStream_t stream);
 
 }  // namespace distro::cuda
