@@ -130,6 +130,7 @@ struct Case {
   std::string name;
   std::vector<TensorSpec> specs;
   uint32_t chunk, topk;
+  bool smooth = false;  // compress test: gradients whose chunks' energy sits in a few low frequencies
 };
 
 // The manifests the tests run over: 64x64 chunks, rank-1 tensors, GPT-2's vocabulary rows
@@ -139,6 +140,7 @@ std::vector<Case> cases() {
   const int64_t s = kScale;
   return {
       {"64x64 k=4", {{"w", {128 * s, 192}}, {"u", {64, 64}}}, 64, 4},
+      {"64x64 k=4 smooth", {{"w", {128 * s, 128}}}, 64, 4, true},
       {"64x64 k=32", {{"w", {64 * s, 256}}}, 64, 32},
       {"rank-1 k=32", {{"norm", {2048}}, {"bias", {100}}, {"odd", {61}}}, 64, 32},
       {"gpt2 vocab 29x64 k=4", {{"wte", {29 * 3 * s, 128}}}, 64, 4},
@@ -249,6 +251,17 @@ TEST_CASE("cuda optimizer: compress agrees with the CPU except on near-ties", "[
         const float beta = 0.999f, lr = 1e-3f;
         std::vector<float> grad = random_normal(p.numel, 1.0f, rng);
         std::vector<float> delta = random_normal(p.numel, 3e-3f, rng);
+        if (cs.smooth) {
+          // Slow waves of random phase plus a little noise: each chunk's DCT has a few large
+          // low-frequency coefficients and many small ones, unlike white noise.
+          std::uniform_real_distribution<float> phase(0.0f, 6.2831853f);
+          const float a = phase(rng), b = phase(rng);
+          const uint64_t rows = p.numel / p.cols;
+          for (uint64_t i = 0; i < rows; ++i)
+            for (uint64_t j = 0; j < p.cols; ++j)
+              grad[i * p.cols + j] = std::sin(0.05f * float(i) + a) + std::cos(0.07f * float(j) + b) +
+                                     1e-3f * grad[i * p.cols + j];
+        }
         // One chunk entirely zero (no coefficient to send) where the tensor has several.
         if (p.chunks > 2)
           for (uint32_t i = 0; i < p.n1; ++i)
