@@ -60,9 +60,7 @@ __global__ void __launch_bounds__(kReduceThreads) sum_squares_runs(const __grid_
 }  // namespace
 
 uint64_t reduce_units(const float* data, uint64_t n) {
-  const uint64_t misalign = (reinterpret_cast<uintptr_t>(data) % 16) / 4;
-  const uint64_t head = misalign == 0 ? 0 : (4 - misalign < n ? 4 - misalign : n);
-  const uint64_t units = ((n - head) / 4 + kReduceUnitQuads - 1) / kReduceUnitQuads;
+  const uint64_t units = ((n - run_head(data, n)) / 4 + kReduceUnitQuads - 1) / kReduceUnitQuads;
   return units < 1 ? 1 : units;
 }
 

@@ -19,15 +19,16 @@ __device__ __forceinline__ uint32_t run_of_unit(const ReduceLaunch& L, uint64_t 
   return t;
 }
 
-// A run seen as its head (elements before the first 16-byte boundary, at most n), its whole quads
-// from there, and its tail (elements [head + 4 nquads, n)).
+// Elements of a 4-byte aligned run before its first 16-byte boundary, at most n.
+__host__ __device__ inline uint64_t run_head(const float* data, uint64_t n) {
+  const uint64_t misalign = (reinterpret_cast<uintptr_t>(data) % 16) / 4;
+  return misalign == 0 ? 0 : (4 - misalign < n ? 4 - misalign : n);
+}
+
+// A run seen as its head, its whole quads from there, and its tail (elements [head + 4 nquads, n)).
 struct RunSpan {
   uint64_t head, nquads;
-  __device__ explicit RunSpan(const ReduceRun& R) {
-    const uint64_t misalign = (reinterpret_cast<uintptr_t>(R.data) % 16) / 4;
-    head = misalign == 0 ? 0 : (4 - misalign < R.n ? 4 - misalign : R.n);
-    nquads = (R.n - head) / 4;
-  }
+  __device__ explicit RunSpan(const ReduceRun& R) : head(run_head(R.data, R.n)), nquads((R.n - head) / 4) {}
   // Quad k of this thread in unit `unit` (>= nquads: past the end).
   __device__ uint64_t quad(uint64_t unit, unsigned k) const {
     return unit * kReduceUnitQuads + threadIdx.x + uint64_t(k) * kReduceThreads;

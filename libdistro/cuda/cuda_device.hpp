@@ -125,7 +125,7 @@ class CudaDevice final : public Device {
   std::map<uintptr_t, size_t> allocs_;  // live allocations made by alloc(): base -> bytes
   // Every DeviceMemory member comes after allocs_ and alloc_mu_: members are destroyed in reverse
   // order, and a DeviceMemory's destructor calls release(), which erases from allocs_.
-  DeviceMemory reduce_scratch_;  // sum_squares: per-block partials (guarded by mutex_)
+  DeviceMemory reduce_scratch_;  // sum_squares_many: one partial per unit of a launch (guarded by mutex_)
   DeviceMemory results_;         // the *_many ops' per-buffer results, grown on demand (guarded by mutex_)
   // results_ with room for `words` 8-byte results (mutex_ held).
   unsigned long long* results(size_t words);
