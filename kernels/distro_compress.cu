@@ -17,6 +17,7 @@
 // n1 x n2 buffers sit in shared memory when small and in a global workspace otherwise.
 #include <cstdint>
 #include <cstdlib>
+#include <type_traits>
 
 #include "chunk_runs.cuh"
 #include "cuda/kernels.hpp"
@@ -147,6 +148,38 @@ __device__ void radix_select(Get get, uint32_t n, uint32_t k, SelectSmem& s, uin
   need = remaining;
 }
 
+// Ranks C <= 32 candidates of s in one warp (all its lanes call it) with shuffles and a ballot:
+// lane d gets candidate d's coefficient index and, when it is among the keff selected, its
+// position among them in index order (returns true).
+__device__ __forceinline__ bool rank_few(const SelectSmem& s, uint32_t C, uint32_t keff, uint32_t& id, uint32_t& pos) {
+  const unsigned lane = threadIdx.x & 31;
+  const bool valid = lane < C;
+  const uint32_t key = valid ? s.ckey[lane] : 0u;
+  id = valid ? uint32_t(s.cidx[lane]) : 0xFFFFu;
+  // Four lanes per step, so the shuffles overlap; lanes past C hold key 0, which no valid lane
+  // ranks below, and no selection bit.
+  const uint32_t C4 = (C + 3) & ~3u;
+  uint32_t rank = 0;
+  for (uint32_t d0 = 0; d0 < C4; d0 += 4) {
+#pragma unroll
+    for (uint32_t d = d0; d < d0 + 4; ++d) {
+      const uint32_t kd = __shfl_sync(0xffffffffu, key, d), idd = __shfl_sync(0xffffffffu, id, d);
+      rank += (kd > key) | ((kd == key) & (idd < id));
+    }
+  }
+  const bool sel = valid && rank < keff;
+  const uint32_t selm = __ballot_sync(0xffffffffu, sel);
+  pos = 0;  // selected candidates with a lower index
+  for (uint32_t d0 = 0; d0 < C4; d0 += 4) {
+#pragma unroll
+    for (uint32_t d = d0; d < d0 + 4; ++d) {
+      const uint32_t idd = __shfl_sync(0xffffffffu, id, d);
+      pos += ((selm >> d) & 1u) & (idd < id);
+    }
+  }
+  return sel;
+}
+
 // Selects the min(k, non-zero) largest |Y[e]|, e < E, ties to the lowest index, and writes their
 // indices ascending to out (global memory of this chunk) and the first kCandCap of them to s.osel.
 // Returns how many; on return every thread of the block sees both.
@@ -164,9 +197,12 @@ __device__ void radix_select(Get get, uint32_t n, uint32_t k, SelectSmem& s, uin
 // same in both; select_chunk below: slot tid + kThreads * n, read from Y; the folded kernel: its 16
 // transform results, from registers, then its own slots of Y). Y must be complete in shared memory
 // only from the first barrier inside on (the slow path and the callers read it).
+//
+// gather_candidates is the part up to the candidates (two barriers; returns their count C, the same
+// in every thread), rank_candidates the rest.
 template <class Layout, class Owned1, class Owned2>
-__device__ __forceinline__ uint32_t select_chunk_owned(const float* Y, uint32_t E, uint32_t k, SelectSmem& s,
-                                                      uint16_t* out, Layout lay, Owned1 owned1, Owned2 owned2) {
+__device__ __forceinline__ uint32_t gather_candidates(uint32_t k, SelectSmem& s, Layout lay, Owned1 owned1,
+                                                      Owned2 owned2) {
   const unsigned tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   uint32_t m = 0;
   owned1([&](uint32_t key, uint32_t) { m = key > m ? key : m; });
@@ -202,39 +238,23 @@ __device__ __forceinline__ uint32_t select_chunk_owned(const float* Y, uint32_t 
     }
   });
   __syncthreads();
-  // All non-zero keys are candidates when lower == 1, and at least k are otherwise: keff = min(k, C).
-  const uint32_t C = s.word[4];
+  return s.word[4];
+}
+
+// Ranks the C candidates (all non-zero keys when the bound fell to 1, at least k otherwise), so
+// min(k, C) are selected.
+template <class Layout>
+__device__ __forceinline__ uint32_t rank_candidates(const float* Y, uint32_t E, uint32_t k, uint32_t C,
+                                                    SelectSmem& s, uint16_t* out, Layout lay) {
+  const unsigned tid = threadIdx.x, warp = tid >> 5;
   const uint32_t keff = k < C ? k : C;
   if (keff == 0) return 0;
 
   if (C <= 32) {
-    // Few candidates (the usual case for small k): one warp ranks and places them with shuffles and
-    // a ballot, no block barrier in between.
+    // Few candidates (the usual case for small k): one warp ranks and places them.
     if (warp == 0) {
-      const bool valid = lane < C;
-      const uint32_t key = valid ? s.ckey[lane] : 0u, id = valid ? uint32_t(s.cidx[lane]) : 0xFFFFu;
-      // Four lanes per step, so the shuffles overlap; lanes past C hold key 0, which no valid lane
-      // ranks below, and no selection bit.
-      const uint32_t C4 = (C + 3) & ~3u;
-      uint32_t rank = 0;
-      for (uint32_t d0 = 0; d0 < C4; d0 += 4) {
-#pragma unroll
-        for (uint32_t d = d0; d < d0 + 4; ++d) {
-          const uint32_t kd = __shfl_sync(0xffffffffu, key, d), idd = __shfl_sync(0xffffffffu, id, d);
-          rank += (kd > key) | ((kd == key) & (idd < id));
-        }
-      }
-      const bool sel = valid && rank < keff;
-      const uint32_t selm = __ballot_sync(0xffffffffu, sel);
-      uint32_t pos = 0;  // the output slot: selected candidates with a lower index
-      for (uint32_t d0 = 0; d0 < C4; d0 += 4) {
-#pragma unroll
-        for (uint32_t d = d0; d < d0 + 4; ++d) {
-          const uint32_t idd = __shfl_sync(0xffffffffu, id, d);
-          pos += ((selm >> d) & 1u) & (idd < id);
-        }
-      }
-      if (sel) out[pos] = s.osel[pos] = uint16_t(id);
+      uint32_t id, pos;
+      if (rank_few(s, C, keff, id, pos)) out[pos] = s.osel[pos] = uint16_t(id);
     }
   } else if (C <= kCandCap) {
     bool sel = false;
@@ -278,6 +298,13 @@ __device__ __forceinline__ uint32_t select_chunk_owned(const float* Y, uint32_t 
   return keff;
 }
 
+template <class Layout, class Owned1, class Owned2>
+__device__ __forceinline__ uint32_t select_chunk_owned(const float* Y, uint32_t E, uint32_t k, SelectSmem& s,
+                                                      uint16_t* out, Layout lay, Owned1 owned1, Owned2 owned2) {
+  const uint32_t C = gather_candidates(k, s, lay, owned1, owned2);
+  return rank_candidates(Y, E, k, C, s, out, lay);
+}
+
 template <class Layout>
 __device__ uint32_t select_chunk(const float* Y, uint32_t E, uint32_t k, SelectSmem& s, uint16_t* out,
                                  Layout lay) {
@@ -285,6 +312,14 @@ __device__ uint32_t select_chunk(const float* Y, uint32_t E, uint32_t k, SelectS
     for (uint32_t e = threadIdx.x; e < E; e += kThreads) f(mag_key(Y[e]), e);
   };
   return select_chunk_owned(Y, E, k, s, out, lay, owned, owned);
+}
+
+// One int8 value of quantize_values: round(127 y / mx) in double, halves away from zero, clamped.
+__device__ __forceinline__ int8_t quantize_int8(float y, float mx) {
+  const double qd = mx > 0.0f ? __ddiv_rn(__dmul_rn(127.0, double(y)), double(mx)) : 0.0;
+  long long r = llround(qd);
+  r = r < -127 ? -127 : (r > 127 ? 127 : r);
+  return int8_t(r);
 }
 
 // Quantises the selected coefficients Y[slot(idx[q])], q < cnt, into val (quantize_values).
@@ -305,13 +340,7 @@ __device__ void emit_values(const float* Y, const uint16_t* idx, uint32_t cnt, i
   atomicMax(&s.word[5], mx);
   __syncthreads();
   const float mxf = __uint_as_float(s.word[5]);
-  for (uint32_t q = threadIdx.x; q < cnt; q += kThreads) {
-    const double y = double(Y[lay.slot(idx[q])]);
-    const double qd = mxf > 0.0f ? __ddiv_rn(__dmul_rn(127.0, y), double(mxf)) : 0.0;
-    long long r = llround(qd);
-    r = r < -127 ? -127 : (r > 127 ? 127 : r);
-    val[q] = int8_t(r);
-  }
+  for (uint32_t q = threadIdx.x; q < cnt; q += kThreads) val[q] = quantize_int8(Y[lay.slot(idx[q])], mxf);
   __syncthreads();
 }
 
@@ -520,6 +549,134 @@ struct SmemF {
 
 __device__ __forceinline__ float4 f4(float a, float b, float c, float d) { return make_float4(a, b, c, d); }
 
+// ---- The transforms on tensor cores (sm_80 and newer; the default there) ----
+//
+// The same four 32x32 quadrant transforms as products of TF32 tensor-core tiles (mma.sync m16n8k8).
+// Every float32 operand v is split into big = tf32(v) and small = v - big (split_tf32), and a product
+// A B is taken as As Bb + Ab Bs + Ab Bb with float32 accumulation (the "3xTF32" scheme): about
+// 2^-21 relative error per operand instead of tf32's 2^-11, well inside what the compress may differ
+// from the CPU (which accumulates in float64; the tests' near-tie and residual tolerances).
+//
+// Warp w owns quadrant w / 2 and the 16 columns m2 in 16 (w % 2) .. + 15 of its Y. It computes
+// T^T = B_q^T X^T (rows m2, all 32 i) and then Y^T = T^T B_p, with T^T staying in registers: the
+// first product's accumulator tile for i in 8s..8s+7 is the second's A operand for k-step s once
+// the k index is taken in the order 2t, 2t + 1 (t = lane % 4) instead of t, t + 4, which only
+// reorders the sum. The first product takes its k (= j) in the same order, so both read the basis
+// through one table of fragments, MmaFrag below. No barrier between the two products.
+
+// Y of the tensor-core kernel: quadrant-major like Quad64 but stored transposed (rows m2) with the
+// column m1 XOR-swizzled by m2 % 4, so the warps' float2 stores of their accumulators and the
+// reads of X^T hit distinct banks.
+struct QuadT {
+  __device__ uint32_t slot(uint32_t index) const {
+    const uint32_t f1 = index >> 6, f2 = index & 63, m1 = f1 >> 1, m2 = f2 >> 1;
+    return ((((f1 & 1) << 1) | (f2 & 1)) << 10) | (m2 << 5) | (m1 ^ ((m2 & 3) << 3));
+  }
+  __device__ uint32_t index(uint32_t slot) const {
+    const uint32_t quad = slot >> 10, m2 = (slot >> 5) & 31, m1 = (slot & 31) ^ ((m2 & 3) << 3);
+    return ((2 * m1 + (quad >> 1)) << 6) | (2 * m2 + (quad & 1));
+  }
+};
+
+// Row i, column j of a 32x32 quadrant stored with stride 32 and the column swizzled by i % 4 (X^{pq}
+// in the tensor-core kernel; float4 groups of 4 columns stay contiguous).
+__device__ __forceinline__ uint32_t swz32(uint32_t i, uint32_t j) { return i * 32 + (j ^ ((i & 3) << 3)); }
+
+struct SmemM {
+  float xf[4 * 32 * 32];  // X^{pq}, quadrant-major, swz32; then the feedback's W, V and class bounds
+  float y[4 * 32 * 32];   // Y, QuadT slots
+  // MmaFrag: fragment f = (par * 4 + s) * 4 + n of lane l = 4g + t holds B_par[8s + 2t][8n + g] and
+  // B_par[8s + 2t + 1][8n + g], big halves then small halves (B_par[i][m] = B[i][2m + par]).
+  float4 frag[2 * 4 * 4 * 32];
+  SelectSmem sel;
+};
+
+// big: x rounded to tf32 (its low 13 bits cleared after adding half of that unit, the magnitude
+// rounded half away from zero; two integer operations where cvt.rna.tf32 takes about ten, with
+// its NaN handling that finite momenta do not need); small: the exact rest x - big, passed with
+// its low bits, which the tensor cores ignore (truncation: at most 2^-21 |x| in all).
+__device__ __forceinline__ void split_tf32(float x, uint32_t& big, uint32_t& small) {
+  big = (__float_as_uint(x) + 0x1000u) & 0xFFFFE000u;
+  small = __float_as_uint(__fsub_rn(x, __uint_as_float(big)));
+}
+
+// d += a b for one 16x8x8 TF32 tile (fragment layouts of the PTX ISA's mma.m16n8k8).
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  (void)d, (void)a, (void)b0, (void)b1;
+#endif
+}
+
+// d += a b in 3xTF32 for split operands.
+__device__ __forceinline__ void mma_3xtf32(float (&d)[4], const uint32_t (&ab)[4], const uint32_t (&as)[4],
+                                           uint32_t bb0, uint32_t bb1, uint32_t bs0, uint32_t bs1) {
+  mma_tf32(d, as, bb0, bb1);
+  mma_tf32(d, ab, bs0, bs1);
+  mma_tf32(d, ab, bb0, bb1);
+}
+
+// Fills MmaFrag from the 64-point basis b (row-major B[i][f]).
+__device__ __forceinline__ void fill_mma_frag(float4* frag, const float* __restrict__ b) {
+  for (unsigned e = threadIdx.x; e < 2 * 4 * 4 * 32; e += kThreads) {
+    const unsigned par = e >> 9, s = (e >> 7) & 3, n = (e >> 5) & 3, g = (e & 31) >> 2, t = e & 3;
+    const unsigned i = 8 * s + 2 * t, m = 8 * n + g;
+    uint32_t b0, s0, b1, s1;
+    split_tf32(__ldg(b + i * 64 + 2 * m + par), b0, s0);
+    split_tf32(__ldg(b + (i + 1) * 64 + 2 * m + par), b1, s1);
+    frag[e] = make_float4(__uint_as_float(b0), __uint_as_float(b1), __uint_as_float(s0), __uint_as_float(s1));
+  }
+}
+
+// The warp's part of the four quadrant transforms (see above): y[n] holds Y^T[m2][m1] for
+// m2 = 16h + g (elements 0, 1) and 16h + g + 8 (2, 3), m1 = 8n + 2t (0, 2) and 8n + 2t + 1 (1, 3),
+// of quadrant quad = warp / 2, h = warp % 2.
+__device__ __forceinline__ void transform_mma(const float* xf, const float4* frag, float (&y)[4][4]) {
+  const unsigned warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const unsigned quad = warp >> 1, h = warp & 1, qp = quad >> 1, qq = quad & 1;
+  const float* X = xf + quad * 1024;
+  float tt[4][4];
+#pragma unroll
+  for (int n = 0; n < 4; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) tt[n][e] = 0.0f, y[n][e] = 0.0f;
+  // T^T[m2][i] = sum_j B_q[j][m2] X[i][j]: A = B_q^T (rows m2, k = j), B = X^T (n = i).
+#pragma unroll
+  for (int s = 0; s < 4; ++s) {
+    const float4 f0 = frag[((qq * 4 + s) * 4 + 2 * h) * 32 + lane];
+    const float4 f1 = frag[((qq * 4 + s) * 4 + 2 * h + 1) * 32 + lane];
+    const uint32_t ab[4] = {__float_as_uint(f0.x), __float_as_uint(f1.x), __float_as_uint(f0.y), __float_as_uint(f1.y)};
+    const uint32_t as[4] = {__float_as_uint(f0.z), __float_as_uint(f1.z), __float_as_uint(f0.w), __float_as_uint(f1.w)};
+#pragma unroll
+    for (int n = 0; n < 4; ++n) {
+      const float2 xv = *reinterpret_cast<const float2*>(&X[swz32(8 * n + g, 8 * s + 2 * t)]);
+      uint32_t bb0, bs0, bb1, bs1;
+      split_tf32(xv.x, bb0, bs0);
+      split_tf32(xv.y, bb1, bs1);
+      mma_3xtf32(tt[n], ab, as, bb0, bb1, bs0, bs1);
+    }
+  }
+  // Y^T[m2][m1] = sum_i T^T[m2][i] B_p[i][m1]: A = T^T from registers (k-step s = tile s of tt), B = B_p.
+#pragma unroll
+  for (int s = 0; s < 4; ++s) {
+    uint32_t ab[4], as[4];
+    split_tf32(tt[s][0], ab[0], as[0]);
+    split_tf32(tt[s][2], ab[1], as[1]);
+    split_tf32(tt[s][1], ab[2], as[2]);
+    split_tf32(tt[s][3], ab[3], as[3]);
+#pragma unroll
+    for (int n = 0; n < 4; ++n) {
+      const float4 f = frag[((qp * 4 + s) * 4 + n) * 32 + lane];
+      mma_3xtf32(y[n], ab, as, __float_as_uint(f.x), __float_as_uint(f.y), __float_as_uint(f.z),
+                 __float_as_uint(f.w));
+    }
+  }
+}
+
 // The momentum of the 16 elements thread (r, c) of the folded kernel owns: x[g][d] for
 // g = (r, j), (r, 63 - j), (63 - r, j), (63 - r, 63 - j), j = 4c + d (o0, o1: rows r and 63 - r).
 __device__ __forceinline__ void momentum_mirrors(const CompressLaunch& p, const CompressRun& R, uint64_t o0,
@@ -541,22 +698,87 @@ __device__ __forceinline__ void momentum_mirrors(const CompressLaunch& p, const 
   }
 }
 
+// The end of a chunk's selection when it has C <= 32 candidates (the usual case for small k), in
+// every warp at once and without a barrier: each warp ranks the candidates itself (rank_few), warp
+// 0 writes the indices, values and count, and every thread adds the selected coefficients' terms
+// to its feedback sums gq (as the folded kernel's feedback loop, thread (r, c), but with the basis
+// read through the cache and the terms in candidate order, one parity class at a time by a
+// warp-uniform switch).
+template <class Layout>
+__device__ __forceinline__ void select_in_warps(const CompressLaunch& p, const CompressRun& R, uint32_t ch,
+                                                const float* Y, uint32_t C, const SelectSmem& s, Layout lay,
+                                                unsigned r, unsigned c, float (&gq)[4][4]) {
+  const unsigned lane = threadIdx.x & 31;
+  const uint32_t keff = p.k < C ? p.k : C;
+  uint32_t id = 0, pos = 0;
+  const bool sel = keff > 0 && rank_few(s, C, keff, id, pos);
+  const uint32_t selm = __ballot_sync(0xffffffffu, sel);
+  if (threadIdx.x < 32) {
+    const float y = sel ? Y[lay.slot(id)] : 0.0f;
+    int8_t v = y < 0.0f ? int8_t(-1) : int8_t(1);
+    if (p.value_mode != 1) {
+      uint32_t mx = sel ? __float_as_uint(y) & 0x7FFFFFFFu : 0u;
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) {
+        const uint32_t w = __shfl_xor_sync(0xffffffffu, mx, o);
+        mx = w > mx ? w : mx;
+      }
+      v = quantize_int8(y, __uint_as_float(mx));
+    }
+    if (sel) {
+      R.index[uint64_t(ch) * p.k + pos] = uint16_t(id);
+      R.value[uint64_t(ch) * p.k + pos] = v;
+    }
+    if (lane == 0) R.count[ch] = uint16_t(keff);
+  }
+  for (uint32_t m = selm; m != 0; m &= m - 1) {
+    const uint32_t sid = __shfl_sync(0xffffffffu, id, __ffs(m) - 1);
+    const uint32_t f1 = sid >> 6, f2 = sid & 63;
+    const float w = __fmul_rn(__ldg(p.b1t + f1 * 64 + r), Y[lay.slot(sid)]);
+    const float4 v = __ldg(reinterpret_cast<const float4*>(p.b2t + f2 * 64 + 4 * c));
+    const auto add = [&](float (&g)[4]) {
+      g[0] = __fmaf_rn(w, v.x, g[0]);
+      g[1] = __fmaf_rn(w, v.y, g[1]);
+      g[2] = __fmaf_rn(w, v.z, g[2]);
+      g[3] = __fmaf_rn(w, v.w, g[3]);
+    };
+    switch (((f1 & 1u) << 1) | (f2 & 1u)) {
+      case 0: add(gq[0]); break;
+      case 1: add(gq[1]); break;
+      case 2: add(gq[2]); break;
+      default: add(gq[3]); break;
+    }
+  }
+}
+
 // KeepX: keep the momentum in registers from the load to the feedback (80 registers, 3 blocks per
 // SM) instead of recomputing it from its inputs, then in L2, at the end (64 registers, 4 blocks per
 // SM, the default). DISTRO_CUDA_DCT_KEEPX=1 selects the former (A/B timing).
-template <bool KeepX>
+// Mma: the transforms on tensor cores (transform_mma, Y in QuadT slots; the default on sm_80 and
+// newer) instead of float32 multiply-adds in 4x4 register tiles (Y in Quad64 slots);
+// DISTRO_CUDA_DCT_MMA=0 selects the latter.
+template <bool KeepX, bool Mma>
 __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(const __grid_constant__ CompressLaunch p) {
+  using Smem = std::conditional_t<Mma, SmemM, SmemF>;
+  using Lay = std::conditional_t<Mma, QuadT, Quad64>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  SmemF& sm = *reinterpret_cast<SmemF*>(smem_raw);
+  Smem& sm = *reinterpret_cast<Smem*>(smem_raw);
   const unsigned tid = threadIdx.x;
-  for (unsigned e = tid; e < 2 * 32 * 32; e += kThreads) {
-    const unsigned par = e >> 10, i = (e >> 5) & 31, m = e & 31;
-    sm.bp[e] = __ldg(p.b1 + i * 64 + 2 * m + par);
+  if constexpr (Mma) {
+    fill_mma_frag(sm.frag, p.b1);
+  } else {
+    for (unsigned e = tid; e < 2 * 32 * 32; e += kThreads) {
+      const unsigned par = e >> 10, i = (e >> 5) & 31, m = e & 31;
+      sm.bp[e] = __ldg(p.b1 + i * 64 + 2 * m + par);
+    }
   }
   __syncthreads();
-  const unsigned r = tid >> 3, c = tid & 7;                          // loads, fold, feedback, stores
-  const unsigned quad = tid >> 6, qy = (tid & 63) >> 3, qx = tid & 7;  // transforms
-  const unsigned qp = quad >> 1, qq = quad & 1;
+  const unsigned r = tid >> 3, c = tid & 7;  // loads, fold, feedback, stores
+  // Where row i, column j of quadrant quad of X^{pq} sits.
+  const auto xslot = [](unsigned quad, unsigned i, unsigned j) -> uint32_t {
+    if constexpr (Mma) return quad * 1024 + swz32(i, j);
+    else return (quad * 32 + i) * kFs + j;
+  };
 
   uint32_t t = 0;  // this block's run
   for (uint64_t g = blockIdx.x; g < p.chunks; g += gridDim.x) {
@@ -591,12 +813,70 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
         q10[d] = __fsub_rn(s0, s1);
         q11[d] = __fsub_rn(e0, e1);
       }
-      *reinterpret_cast<float4*>(&sm.xf[(0 * 32 + r) * kFs + 4 * c]) = f4(q00[0], q00[1], q00[2], q00[3]);
-      *reinterpret_cast<float4*>(&sm.xf[(1 * 32 + r) * kFs + 4 * c]) = f4(q01[0], q01[1], q01[2], q01[3]);
-      *reinterpret_cast<float4*>(&sm.xf[(2 * 32 + r) * kFs + 4 * c]) = f4(q10[0], q10[1], q10[2], q10[3]);
-      *reinterpret_cast<float4*>(&sm.xf[(3 * 32 + r) * kFs + 4 * c]) = f4(q11[0], q11[1], q11[2], q11[3]);
+      *reinterpret_cast<float4*>(&sm.xf[xslot(0, r, 4 * c)]) = f4(q00[0], q00[1], q00[2], q00[3]);
+      *reinterpret_cast<float4*>(&sm.xf[xslot(1, r, 4 * c)]) = f4(q01[0], q01[1], q01[2], q01[3]);
+      *reinterpret_cast<float4*>(&sm.xf[xslot(2, r, 4 * c)]) = f4(q10[0], q10[1], q10[2], q10[3]);
+      *reinterpret_cast<float4*>(&sm.xf[xslot(3, r, 4 * c)]) = f4(q11[0], q11[1], q11[2], q11[3]);
     }
     __syncthreads();
+
+    // 2-5. Transforms, selection, values and the feedback's sums. The feedback, folded like the
+    // transform: a selected coefficient (f1, f2, y) of parity class q = 2 (f1 & 1) + (f2 & 1) adds
+    // w v with w = B[i][f1] y, v = B[j][f2] to G_q[i][j] (i, j < 32); with a = G0 + G2, b = G1 + G3,
+    // e = G0 - G2, f = G1 - G3 the element (r, j) gets a + b, (r, 63 - j) a - b, (63 - r, j) e + f
+    // and (63 - r, 63 - j) e - f (B[63 - i][f] = (-1)^f B[i][f]). gq[q][d] is G_q at (r, 4c + d).
+    uint16_t* out_idx = R.index + uint64_t(ch) * p.k;
+    uint32_t cnt = 0;
+    float* Y = nullptr;
+    bool in_warps = false;  // selection, values and feedback sums already done by select_in_warps
+    float gq[4][4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+#pragma unroll
+      for (int d = 0; d < 4; ++d) gq[q][d] = 0.0f;
+    if constexpr (Mma) {
+      float y[4][4];
+      transform_mma(sm.xf, sm.frag, y);
+      // This warp's slots of Y (QuadT): rows m2 = 16h + g (+ 8), columns m1 = 8n + 2t (+ 1).
+      const unsigned warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+      const uint32_t ybase = (warp >> 1) * 1024;
+      const unsigned m2 = 16 * (warp & 1) + g;
+      Y = sm.y;
+#pragma unroll
+      for (int n = 0; n < 4; ++n) {
+        *reinterpret_cast<float2*>(&Y[ybase + swz32(m2, 8 * n + 2 * tq)]) = make_float2(y[n][0], y[n][1]);
+        *reinterpret_cast<float2*>(&Y[ybase + swz32(m2 + 8, 8 * n + 2 * tq)]) = make_float2(y[n][2], y[n][3]);
+      }
+      // No barrier: as in the branch below, the selection's first pass reads registers and its
+      // second this thread's own slots.
+      const auto own_regs = [&](auto&& f) {
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+          const uint32_t s0 = ybase + swz32(m2, 8 * n + 2 * tq), s1 = ybase + swz32(m2 + 8, 8 * n + 2 * tq);
+          f(mag_key(y[n][0]), s0), f(mag_key(y[n][1]), s0 + 1);
+          f(mag_key(y[n][2]), s1), f(mag_key(y[n][3]), s1 + 1);
+        }
+      };
+      const auto own_smem = [&](auto&& f) {
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+          const uint32_t s0 = ybase + swz32(m2, 8 * n + 2 * tq), s1 = ybase + swz32(m2 + 8, 8 * n + 2 * tq);
+          const float2 v0 = *reinterpret_cast<const float2*>(&Y[s0]);
+          const float2 v1 = *reinterpret_cast<const float2*>(&Y[s1]);
+          f(mag_key(v0.x), s0), f(mag_key(v0.y), s0 + 1);
+          f(mag_key(v1.x), s1), f(mag_key(v1.y), s1 + 1);
+        }
+      };
+      const uint32_t C = gather_candidates(p.k, sm.sel, Lay{}, own_regs, own_smem);
+      if (C <= 32) {
+        in_warps = true;
+        select_in_warps(p, R, ch, Y, C, sm.sel, Lay{}, r, c, gq);
+      } else {
+        cnt = rank_candidates(Y, 64 * 64, p.k, C, sm.sel, out_idx, Lay{});
+      }
+    } else {
+    const unsigned quad = tid >> 6, qy = (tid & 63) >> 3, qx = tid & 7;  // the transforms' 4x4 tiles
+    const unsigned qp = quad >> 1, qq = quad & 1;
 
     // 2a. T^{pq}[i][m2] = sum_{j < 32} X^{pq}[i][j] B_q[j][m2]; rows i = qy + 8a, columns m2 = 4qx + b.
     float acc[4][4];
@@ -654,7 +934,7 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
         }
       }
     }
-    float* Y = sm.xf;
+    Y = sm.xf;
 #pragma unroll
     for (int a = 0; a < 4; ++a)
       *reinterpret_cast<float4*>(&Y[quad * 1024 + (4 * qy + a) * 32 + 4 * qx]) =
@@ -664,7 +944,6 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
     // comes before any thread reads another's Y.
 
     // 3-4. Selection and values.
-    uint16_t* out_idx = R.index + uint64_t(ch) * p.k;
     const uint32_t ybase = quad * 1024 + (4 * qy) * 32 + 4 * qx;
     const auto own_regs = [&](auto&& f) {
 #pragma unroll
@@ -680,24 +959,22 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
         f(mag_key(v.z), ybase + a * 32 + 2), f(mag_key(v.w), ybase + a * 32 + 3);
       }
     };
-    const uint32_t cnt = select_chunk_owned(Y, 64 * 64, p.k, sm.sel, out_idx, Quad64{}, own_regs, own_smem);
+    cnt = select_chunk_owned(Y, 64 * 64, p.k, sm.sel, out_idx, Lay{}, own_regs, own_smem);
+    }
+    if (!in_warps) {
     const uint16_t* sel_idx = selected(sm.sel, out_idx, cnt);
-    emit_values(Y, sel_idx, cnt, p.value_mode, R.value + uint64_t(ch) * p.k, sm.sel, Quad64{});
+    emit_values(Y, sel_idx, cnt, p.value_mode, R.value + uint64_t(ch) * p.k, sm.sel, Lay{});
     if (tid == 0) R.count[ch] = uint16_t(cnt);
 
-    // 5. Feedback, folded like the transform. A selected coefficient (f1, f2, y) of parity class
-    // q = 2 (f1 & 1) + (f2 & 1) adds w v with w = B[i][f1] y, v = B[j][f2] to G_q[i][j] (i, j < 32);
-    // with a = G0 + G2, b = G1 + G3, e = G0 - G2, f = G1 - G3 the element (r, j) gets a + b,
-    // (r, 63 - j) a - b, (63 - r, j) e + f and (63 - r, 63 - j) e - f (B[63 - i][f] = (-1)^f B[i][f]).
-    // Terms are sorted by class (32 at a time), so each costs one multiply-add per element quad.
-    float gq[4][4];
-#pragma unroll
-    for (int q = 0; q < 4; ++q)
-#pragma unroll
-      for (int d = 0; d < 4; ++d) gq[q][d] = 0.0f;
-    float* W = sm.t;                                               // W[i][slot], i < 32, stride kFs
-    float* V = sm.t + 32 * kFs;                                    // V[slot][j], j < 32, stride kFs
-    uint32_t* cb = reinterpret_cast<uint32_t*>(sm.t + 64 * kFs);  // class bounds [5]
+    // 5. The feedback's sums through shared memory: terms sorted by class (32 at a time), so each
+    // costs one multiply-add per element quad. W, V and the class bounds: where the transform's T was, or X^{pq} in the tensor-core kernel
+    // (Y is elsewhere there).
+    float* wv;
+    if constexpr (Mma) wv = sm.xf;
+    else wv = sm.t;
+    float* W = wv;                                               // W[i][slot], i < 32, stride kFs
+    float* V = wv + 32 * kFs;                                    // V[slot][j], j < 32, stride kFs
+    uint32_t* cb = reinterpret_cast<uint32_t*>(wv + 64 * kFs);  // class bounds [5]
     for (uint32_t s0 = 0; s0 < cnt; s0 += 32) {
       const uint32_t ns = cnt - s0 < 32 ? cnt - s0 : 32;
       // Every warp sorts the 32 terms into classes itself (ballots; no barrier before the fill);
@@ -720,7 +997,7 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
       for (uint32_t e = tid; e < 32 * ns; e += kThreads) {  // warp-uniform: s is the same in a warp
         const uint32_t s = e >> 5, i = e & 31;
         const uint32_t id = __shfl_sync(0xffffffffu, lid, s), slot = __shfl_sync(0xffffffffu, lslot, s);
-        W[i * kFs + slot] = __fmul_rn(__ldg(p.b1t + (id >> 6) * 64 + i), Y[Quad64{}.slot(id)]);
+        W[i * kFs + slot] = __fmul_rn(__ldg(p.b1t + (id >> 6) * 64 + i), Y[Lay{}.slot(id)]);
         V[slot * kFs + i] = __ldg(p.b2t + (id & 63) * 64 + i);
       }
       __syncthreads();
@@ -737,6 +1014,7 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
         }
       }
       __syncthreads();
+    }
     }
     // Unless kept, the momentum again from the same inputs (still in L2): the same bits as before.
     if constexpr (!KeepX) momentum_mirrors(p, R, o0, o1, c, x);
@@ -755,8 +1033,10 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
     *reinterpret_cast<float4*>(R.delta + o1 + 4 * c) = f4(out[2][0], out[2][1], out[2][2], out[2][3]);
     *reinterpret_cast<float4*>(R.delta + o1 + 60 - 4 * c) = f4(out[3][3], out[3][2], out[3][1], out[3][0]);
     // No barrier before the next chunk's first shared-memory writes (the fold into xf, which holds
-    // Y): every read of this chunk's Y, W, V and selection state comes before the feedback loop's
-    // last barrier, and a chunk with no coefficient (no loop) reads none after the selection's.
+    // Y, or W and V): every read of this chunk's Y, W, V and selection state comes before the
+    // feedback loop's last barrier, and a chunk with no coefficient (no loop) reads none after the
+    // selection's; after select_in_warps, the next chunk writes them only past its fold's barrier,
+    // which every thread reaches after its last read of them.
   }
 }
 
@@ -874,10 +1154,29 @@ cudaError_t plan_compress(const CompressLaunch& L, unsigned sm_count, CompressPl
   const bool fold = !(fold_env && fold_env[0] == '0');
   const char* keep_env = std::getenv("DISTRO_CUDA_DCT_KEEPX");
   const bool keep = keep_env && keep_env[0] == '1';
-  if (tiled && fold) {
+  // DISTRO_CUDA_DCT_MMA=0 keeps the folded kernel's transforms off the tensor cores. They need
+  // code compiled for sm_80 or newer (TF32 mma), not merely a device that has them: the PTX
+  // version of the kernel that would run decides.
+  const char* mma_env = std::getenv("DISTRO_CUDA_DCT_MMA");
+  bool mma = tiled && fold && !keep && !(mma_env && mma_env[0] == '0');
+  if (mma) {
+    cudaFuncAttributes fa{};
+    const cudaError_t err = cudaFuncGetAttributes(&fa, compress64f_kernel<false, true>);
+    if (err != cudaSuccess) return err;
+    mma = fa.ptxVersion >= 80;
+  }
+  if (mma) {
+    out.kernel = 5;
+    out.smem = sizeof(SmemM);
+    auto* kern = compress64f_kernel<false, true>;
+    cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(out.smem));
+    if (err != cudaSuccess) return err;
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, kThreads, out.smem);
+    if (err != cudaSuccess) return err;
+  } else if (tiled && fold) {
     out.kernel = keep ? 4 : 3;
     out.smem = sizeof(SmemF);
-    auto* kern = keep ? compress64f_kernel<true> : compress64f_kernel<false>;
+    auto* kern = keep ? compress64f_kernel<true, false> : compress64f_kernel<false, false>;
     cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(out.smem));
     if (err != cudaSuccess) return err;
     err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, kThreads, out.smem);
@@ -912,10 +1211,12 @@ cudaError_t plan_compress(const CompressLaunch& L, unsigned sm_count, CompressPl
 
 cudaError_t launch_compress(const CompressLaunch& L, const CompressPlan& plan, cudaStream_t stream) {
   if (L.chunks == 0 || L.runs == 0) return cudaSuccess;
-  if (plan.kernel == 3)
-    compress64f_kernel<false><<<plan.grid, kThreads, plan.smem, stream>>>(L);
+  if (plan.kernel == 5)
+    compress64f_kernel<false, true><<<plan.grid, kThreads, plan.smem, stream>>>(L);
+  else if (plan.kernel == 3)
+    compress64f_kernel<false, false><<<plan.grid, kThreads, plan.smem, stream>>>(L);
   else if (plan.kernel == 4)
-    compress64f_kernel<true><<<plan.grid, kThreads, plan.smem, stream>>>(L);
+    compress64f_kernel<true, false><<<plan.grid, kThreads, plan.smem, stream>>>(L);
   else if (plan.kernel == 1)
     compress64_kernel<<<plan.grid, kThreads, plan.smem, stream>>>(L);
   else

@@ -96,7 +96,9 @@ struct CompressLaunch {
 
 // Which kernel runs and how: filled by plan_compress for the current device.
 struct CompressPlan {
-  int kernel = 0;  // 1: the plain 64x64 kernel, 2: the generic one, 3/4: the folded 64x64 one (4: momentum kept)
+  // 1: the plain 64x64 kernel, 2: the generic one, 3/4: the folded 64x64 one (4: momentum kept),
+  // 5: the folded one with its transforms on tensor cores (sm_80 and newer)
+  int kernel = 0;
   unsigned grid = 1;              // persistent blocks, each loops over chunks
   size_t smem = 0;                // dynamic shared memory per block
   uint64_t workspace_floats = 0;  // global scratch the generic kernel needs (0: it works in shared memory)

@@ -22,7 +22,10 @@
 #include <string>
 #include <vector>
 
+#include <cuda_runtime_api.h>
+
 #include "backend/cpu_device.hpp"
+#include "cuda/kernels.hpp"
 #include "guarded.hpp"
 #include "optim/chunk_math.hpp"
 #include "optim/dct.hpp"
@@ -235,19 +238,21 @@ TEST_CASE("cuda optimizer: compress agrees with the CPU except on near-ties", "[
   INFO("seed " << seed);
   rng.seed(seed);
   uint64_t total_chunks = 0, near_ties = 0;
-  // 64x64 chunks run the folded kernel by default, its variant that keeps the momentum in registers
-  // with DISTRO_CUDA_DCT_KEEPX=1, and the plain one with DISTRO_CUDA_DCT_FOLD=0.
-  for (const char* variant : {"10", "11", "00"}) {
-  const std::string fold(1, variant[0]), keep(1, variant[1]);
+  // 64x64 chunks run the folded kernel with its transforms on tensor cores by default, on float32
+  // multiply-adds with DISTRO_CUDA_DCT_MMA=0, keeping the momentum in registers with
+  // DISTRO_CUDA_DCT_KEEPX=1, and the plain one with DISTRO_CUDA_DCT_FOLD=0.
+  for (const char* variant : {"101", "100", "110", "000"}) {
+  const std::string fold(1, variant[0]), keep(1, variant[1]), mma(1, variant[2]);
   setenv("DISTRO_CUDA_DCT_FOLD", fold.c_str(), 1);
   setenv("DISTRO_CUDA_DCT_KEEPX", keep.c_str(), 1);
+  setenv("DISTRO_CUDA_DCT_MMA", mma.c_str(), 1);
   for (const Case& cs : cases()) {
     for (ValueMode vm : {ValueMode::sign, ValueMode::int8}) {
       const Manifest m = make_manifest(cs.specs, cs.chunk, cs.topk, vm);
       const DctTables tables(m);
       for (const TensorPlan& p : m.tensors) {
         INFO(cs.name << (vm == ValueMode::sign ? ", sign" : ", int8") << ", tensor " << p.name << ", fold "
-                     << fold << ", keep " << keep);
+                     << fold << ", keep " << keep << ", mma " << mma);
         const float beta = 0.999f, lr = 1e-3f;
         std::vector<float> grad = random_normal(p.numel, 1.0f, rng);
         std::vector<float> delta = random_normal(p.numel, 3e-3f, rng);
@@ -367,6 +372,7 @@ TEST_CASE("cuda optimizer: compress agrees with the CPU except on near-ties", "[
   }
   unsetenv("DISTRO_CUDA_DCT_FOLD");
   unsetenv("DISTRO_CUDA_DCT_KEEPX");
+  unsetenv("DISTRO_CUDA_DCT_MMA");
   INFO(near_ties << " near-tie chunks of " << total_chunks);
   CHECK(near_ties * 100 <= total_chunks);  // rare: at most 1%
 }
@@ -513,11 +519,13 @@ TEST_CASE("cuda optimizer: compress_many and apply_many equal the single ops ten
     return a;
   };
 
-  for (const char* variant : {"10", "11", "00"}) {  // folded, folded keeping x, plain
-    const std::string fold(1, variant[0]), keep(1, variant[1]);
-    INFO("fold " << fold << ", keep " << keep);
+  // folded on tensor cores, folded, folded keeping x, plain
+  for (const char* variant : {"101", "100", "110", "000"}) {
+    const std::string fold(1, variant[0]), keep(1, variant[1]), mma(1, variant[2]);
+    INFO("fold " << fold << ", keep " << keep << ", mma " << mma);
     setenv("DISTRO_CUDA_DCT_FOLD", fold.c_str(), 1);
     setenv("DISTRO_CUDA_DCT_KEEPX", keep.c_str(), 1);
+    setenv("DISTRO_CUDA_DCT_MMA", mma.c_str(), 1);
     setenv("DISTRO_CUDA_APPLY_FOLD", fold.c_str(), 1);
     std::vector<std::vector<float>> g(T), d(T), w(T);
     for (size_t t = 0; t < T; ++t) {
@@ -588,6 +596,7 @@ TEST_CASE("cuda optimizer: compress_many and apply_many equal the single ops ten
   }
   unsetenv("DISTRO_CUDA_DCT_FOLD");
   unsetenv("DISTRO_CUDA_DCT_KEEPX");
+  unsetenv("DISTRO_CUDA_DCT_MMA");
   unsetenv("DISTRO_CUDA_APPLY_FOLD");
 
   // One bad tensor among good ones: an error, and nothing was queued for any of them.
@@ -711,6 +720,44 @@ TEST_CASE("cuda optimizer: a non-finite gradient is refused and the momentum is 
     CHECK(bits_equal(gpu.opt->momentum(0), m0));
     CHECK(bits_equal(gpu.opt->momentum(1), m1));
   }
+}
+
+// The compress of 64x64 chunks runs its transforms on tensor cores wherever the device and the
+// build allow (the compress test above checks that kernel's results); DISTRO_CUDA_DCT_MMA=0 and the
+// momentum-keeping variant take the float32 kernel.
+TEST_CASE("cuda optimizer: 64x64 compress plans the tensor-core kernel on sm_80 and newer",
+          "[cuda][optimizer][compress]") {
+  REQUIRE(cudaSetDevice(0) == cudaSuccess);
+  int major = 0, sms = 0;
+  REQUIRE(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) == cudaSuccess);
+  REQUIRE(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) == cudaSuccess);
+  void* buf = nullptr;
+  REQUIRE(cudaMalloc(&buf, 64 * 64 * 4 * 2) == cudaSuccess);
+  cuda::CompressLaunch L;
+  L.n1 = L.n2 = 64;
+  L.k = 4;
+  L.chunks = 1;
+  L.runs = 1;
+  L.run[0].grad = static_cast<const float*>(buf);
+  L.run[0].delta = static_cast<float*>(buf) + 64 * 64;
+  auto plan = [&]() {
+    cuda::CompressPlan out;
+    REQUIRE(cuda::plan_compress(L, unsigned(sms), &out) == cudaSuccess);
+    return out;
+  };
+  unsetenv("DISTRO_CUDA_DCT_MMA");
+  const cuda::CompressPlan dflt = plan();
+  CHECK(dflt.kernel == (major >= 8 ? 5 : 3));
+  CHECK(dflt.grid == 1);
+  setenv("DISTRO_CUDA_DCT_MMA", "0", 1);
+  CHECK(plan().kernel == 3);
+  unsetenv("DISTRO_CUDA_DCT_MMA");
+  setenv("DISTRO_CUDA_DCT_KEEPX", "1", 1);
+  CHECK(plan().kernel == 4);
+  unsetenv("DISTRO_CUDA_DCT_KEEPX");
+  L.n2 = 32;  // not 64x64: the generic kernel
+  CHECK(plan().kernel == 2);
+  REQUIRE(cudaFree(buf) == cudaSuccess);
 }
 
 #endif  // !DISTRO_EMU
