@@ -187,7 +187,8 @@ __device__ __forceinline__ bool rank_few(const SelectSmem& s, uint32_t C, uint32
 // Fast path (k <= the thread count): thread t keeps m_t, the largest key among its elements. Each
 // of the W warps finds r = ceil(k / W), the r-th largest m_t of its lanes; the smallest of those W
 // values, L, has at least W * r >= k keys >= L (each warp's r largest maxima are keys), so the top k
-// are among the keys >= L. There are usually few more than k of those candidates; when they fit in
+// are among the keys >= L; for k <= W (r = 1) L is the k-th largest of the W warp maxima instead,
+// for the same reason and tighter. There are usually few more than k of those candidates; when they fit in
 // one per thread, each candidate's rank in (|y| descending, index ascending) order decides, and its
 // position among the selected ones in index order is a count too. Otherwise (k larger than the
 // thread count, very many candidates) a radix select and an ordered compaction run over all E.
@@ -207,8 +208,8 @@ __device__ __forceinline__ uint32_t gather_candidates(uint32_t k, SelectSmem& s,
   uint32_t m = 0;
   owned1([&](uint32_t key, uint32_t) { m = key > m ? key : m; });
   uint32_t rth = 0;
+  const uint32_t r = (k + kWarps - 1) / kWarps;
   if (k <= kThreads) {
-    const uint32_t r = (k + kWarps - 1) / kWarps;
     uint32_t v = m;
     for (uint32_t it = 0; it < r; ++it) {
       uint32_t mx = v;
@@ -226,8 +227,25 @@ __device__ __forceinline__ uint32_t gather_candidates(uint32_t k, SelectSmem& s,
   if (tid == 0) s.word[4] = 0;
   __syncthreads();
   uint32_t lower = 0xFFFFFFFFu;
-  for (unsigned w = 0; w < kWarps; ++w) lower = s.wtot[w] < lower ? s.wtot[w] : lower;
-  if (lower == 0) lower = 1;  // some warp has fewer than r non-zero maxima: every non-zero key is a candidate
+  if (r == 1) {
+    // k <= W: the W warp maxima are keys of W different elements, so at least k keys are >= the
+    // k-th largest of them (a tighter bound than their minimum: fewer candidates). Each warp
+    // finds it on lanes 0..W-1.
+    const uint32_t v = lane < kWarps ? s.wtot[lane] : 0u;
+    uint32_t ge = 0;  // maxima >= this lane's
+#pragma unroll
+    for (unsigned w = 0; w < kWarps; ++w) ge += __shfl_sync(0xffffffffu, v, w) >= v;
+    uint32_t L = lane < kWarps && ge >= k ? v : 0u;
+#pragma unroll
+    for (unsigned o = kWarps / 2; o > 0; o >>= 1) {
+      const uint32_t w = __shfl_xor_sync(0xffffffffu, L, o);
+      L = w > L ? w : L;
+    }
+    lower = __shfl_sync(0xffffffffu, L, 0);
+  } else {
+    for (unsigned w = 0; w < kWarps; ++w) lower = s.wtot[w] < lower ? s.wtot[w] : lower;
+  }
+  if (lower == 0) lower = 1;  // fewer than k non-zero maxima: every non-zero key is a candidate
   owned2([&](uint32_t key, uint32_t e) {
     if (key != 0 && key >= lower) {
       const uint32_t pos = atomicAdd(&s.word[4], 1u);
