@@ -720,8 +720,8 @@ __device__ __forceinline__ void momentum_mirrors(const CompressLaunch& p, const 
 // every warp at once and without a barrier: each warp ranks the candidates itself (rank_few), warp
 // 0 writes the indices, values and count, and every thread adds the selected coefficients' terms
 // to its feedback sums gq (as the folded kernel's feedback loop, thread (r, c), but with the basis
-// read through the cache and the terms in candidate order, one parity class at a time by a
-// warp-uniform switch).
+// read through the cache and the terms in index order, each to its parity class by a warp-uniform
+// switch).
 template <class Layout>
 __device__ __forceinline__ void select_in_warps(const CompressLaunch& p, const CompressRun& R, uint32_t ch,
                                                 const float* Y, uint32_t C, const SelectSmem& s, Layout lay,
@@ -730,7 +730,6 @@ __device__ __forceinline__ void select_in_warps(const CompressLaunch& p, const C
   const uint32_t keff = p.k < C ? p.k : C;
   uint32_t id = 0, pos = 0;
   const bool sel = keff > 0 && rank_few(s, C, keff, id, pos);
-  const uint32_t selm = __ballot_sync(0xffffffffu, sel);
   if (threadIdx.x < 32) {
     const float y = sel ? Y[lay.slot(id)] : 0.0f;
     int8_t v = y < 0.0f ? int8_t(-1) : int8_t(1);
@@ -749,8 +748,11 @@ __device__ __forceinline__ void select_in_warps(const CompressLaunch& p, const C
     }
     if (lane == 0) R.count[ch] = uint16_t(keff);
   }
-  for (uint32_t m = selm; m != 0; m &= m - 1) {
-    const uint32_t sid = __shfl_sync(0xffffffffu, id, __ffs(m) - 1);
+  // In index order (pos): the candidates' order comes from shared-memory atomics and varies from
+  // run to run, and the float sums must not.
+  for (uint32_t q = 0; q < keff; ++q) {
+    const uint32_t holder = __ffs(__ballot_sync(0xffffffffu, sel && pos == q)) - 1;
+    const uint32_t sid = __shfl_sync(0xffffffffu, id, holder);
     const uint32_t f1 = sid >> 6, f2 = sid & 63;
     const float w = __fmul_rn(__ldg(p.b1t + f1 * 64 + r), Y[lay.slot(sid)]);
     const float4 v = __ldg(reinterpret_cast<const float4*>(p.b2t + f2 * 64 + 4 * c));
