@@ -97,7 +97,8 @@ struct CompressLaunch {
 // Which kernel runs and how: filled by plan_compress for the current device.
 struct CompressPlan {
   // 1: the plain 64x64 kernel, 2: the generic one, 3/4: the folded 64x64 one (4: momentum kept),
-  // 5: the folded one with its transforms on tensor cores (sm_80 and newer)
+  // 5/6: the folded one with its transforms on tensor cores (sm_80 and newer; 6: momentum kept,
+  // the default there)
   int kernel = 0;
   unsigned grid = 1;              // persistent blocks, each loops over chunks
   size_t smem = 0;                // dynamic shared memory per block

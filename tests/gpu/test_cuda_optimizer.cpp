@@ -239,10 +239,10 @@ TEST_CASE("cuda optimizer: compress agrees with the CPU except on near-ties", "[
   INFO("seed " << seed);
   rng.seed(seed);
   uint64_t total_chunks = 0, near_ties = 0;
-  // 64x64 chunks run the folded kernel with its transforms on tensor cores by default, on float32
-  // multiply-adds with DISTRO_CUDA_DCT_MMA=0, keeping the momentum in registers with
-  // DISTRO_CUDA_DCT_KEEPX=1, and the plain one with DISTRO_CUDA_DCT_FOLD=0.
-  for (const char* variant : {"101", "100", "110", "000"}) {
+  // 64x64 chunks run the folded kernel, its transforms on tensor cores (DISTRO_CUDA_DCT_MMA=1, the
+  // default) or float32 multiply-adds, keeping the momentum in registers (DISTRO_CUDA_DCT_KEEPX=1,
+  // the default with tensor cores) or recomputing it, and the plain one with DISTRO_CUDA_DCT_FOLD=0.
+  for (const char* variant : {"111", "101", "100", "110", "000"}) {
   const std::string fold(1, variant[0]), keep(1, variant[1]), mma(1, variant[2]);
   setenv("DISTRO_CUDA_DCT_FOLD", fold.c_str(), 1);
   setenv("DISTRO_CUDA_DCT_KEEPX", keep.c_str(), 1);
@@ -520,8 +520,8 @@ TEST_CASE("cuda optimizer: compress_many and apply_many equal the single ops ten
     return a;
   };
 
-  // folded on tensor cores, folded, folded keeping x, plain
-  for (const char* variant : {"101", "100", "110", "000"}) {
+  // folded on tensor cores keeping x and recomputing it, folded on float32, keeping x, plain
+  for (const char* variant : {"111", "101", "100", "110", "000"}) {
     const std::string fold(1, variant[0]), keep(1, variant[1]), mma(1, variant[2]);
     INFO("fold " << fold << ", keep " << keep << ", mma " << mma);
     setenv("DISTRO_CUDA_DCT_FOLD", fold.c_str(), 1);
@@ -723,9 +723,9 @@ TEST_CASE("cuda optimizer: a non-finite gradient is refused and the momentum is 
   }
 }
 
-// The compress of 64x64 chunks runs its transforms on tensor cores wherever the device and the
-// build allow (the compress test above checks that kernel's results); DISTRO_CUDA_DCT_MMA=0 and the
-// momentum-keeping variant take the float32 kernel.
+// The compress of 64x64 chunks runs its transforms on tensor cores, keeping the momentum in
+// registers, wherever the device and the build allow (the compress test above checks that kernel's
+// results); the switches select the other variants.
 TEST_CASE("cuda optimizer: 64x64 compress plans the tensor-core kernel on sm_80 and newer",
           "[cuda][optimizer][compress]") {
   REQUIRE(cudaSetDevice(0) == cudaSuccess);
@@ -747,14 +747,17 @@ TEST_CASE("cuda optimizer: 64x64 compress plans the tensor-core kernel on sm_80 
     return out;
   };
   unsetenv("DISTRO_CUDA_DCT_MMA");
+  unsetenv("DISTRO_CUDA_DCT_KEEPX");
   const cuda::CompressPlan dflt = plan();
-  CHECK(dflt.kernel == (major >= 8 ? 5 : 3));
+  CHECK(dflt.kernel == (major >= 8 ? 6 : 3));
   CHECK(dflt.grid == 1);
+  setenv("DISTRO_CUDA_DCT_KEEPX", "0", 1);
+  CHECK(plan().kernel == (major >= 8 ? 5 : 3));
   setenv("DISTRO_CUDA_DCT_MMA", "0", 1);
   CHECK(plan().kernel == 3);
-  unsetenv("DISTRO_CUDA_DCT_MMA");
   setenv("DISTRO_CUDA_DCT_KEEPX", "1", 1);
   CHECK(plan().kernel == 4);
+  unsetenv("DISTRO_CUDA_DCT_MMA");
   unsetenv("DISTRO_CUDA_DCT_KEEPX");
   L.n2 = 32;  // not 64x64: the generic kernel
   CHECK(plan().kernel == 2);
