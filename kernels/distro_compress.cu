@@ -246,15 +246,17 @@ __device__ __forceinline__ uint32_t gather_candidates(uint32_t k, SelectSmem& s,
     for (unsigned w = 0; w < kWarps; ++w) lower = s.wtot[w] < lower ? s.wtot[w] : lower;
   }
   if (lower == 0) lower = 1;  // fewer than k non-zero maxima: every non-zero key is a candidate
-  owned2([&](uint32_t key, uint32_t e) {
-    if (key != 0 && key >= lower) {
-      const uint32_t pos = atomicAdd(&s.word[4], 1u);
-      if (pos < kCandCap) {
-        s.ckey[pos] = key;
-        s.cidx[pos] = uint16_t(lay.index(e));
+  // Only a thread whose own maximum reaches the bound has candidates (few do when it is tight).
+  if (m >= lower)
+    owned2([&](uint32_t key, uint32_t e) {
+      if (key >= lower) {
+        const uint32_t pos = atomicAdd(&s.word[4], 1u);
+        if (pos < kCandCap) {
+          s.ckey[pos] = key;
+          s.cidx[pos] = uint16_t(lay.index(e));
+        }
       }
-    }
-  });
+    });
   __syncthreads();
   return s.word[4];
 }
