@@ -581,8 +581,9 @@ __device__ __forceinline__ float4 f4(float a, float b, float c, float d) { retur
 // T^T = B_q^T X^T (rows m2, all 32 i) and then Y^T = T^T B_p, with T^T staying in registers: the
 // first product's accumulator tile for i in 8s..8s+7 is the second's A operand for k-step s once
 // the k index is taken in the order 2t, 2t + 1 (t = lane % 4) instead of t, t + 4, which only
-// reorders the sum. The first product takes its k (= j) in the same order, so both read the basis
-// through one table of fragments, MmaFrag below. No barrier between the two products.
+// reorders the sum. The first product takes its k (= j) in the same order; it reads the basis from
+// MmaFragA, the second from MmaFrag (the same values, each in its operand's register order, so no
+// register moves). No barrier between the two products.
 
 // Y of the tensor-core kernel: quadrant-major like Quad64 but stored transposed (rows m2) with the
 // column m1 XOR-swizzled by m2 % 4, so the warps' float2 stores of their accumulators and the
@@ -608,6 +609,10 @@ struct SmemM {
   // MmaFrag: fragment f = (par * 4 + s) * 4 + n of lane l = 4g + t holds B_par[8s + 2t][8n + g] and
   // B_par[8s + 2t + 1][8n + g], big halves then small halves (B_par[i][m] = B[i][2m + par]).
   float4 frag[2 * 4 * 4 * 32];
+  // MmaFragA: the first product's A operand (B_q^T, rows m2 = 16h + g (+ 8), k = j = 8s + 2t (+ 1))
+  // in register order, so that it loads into the four consecutive registers mma takes: fragment
+  // ((q * 2 + h) * 4 + s) * 2 + part of lane l, part 0 the big halves, 1 the small ones.
+  float4 fraga[2 * 2 * 4 * 2 * 32];
   SelectSmem sel;
 };
 
@@ -640,8 +645,8 @@ __device__ __forceinline__ void mma_3xtf32(float (&d)[4], const uint32_t (&ab)[4
   mma_tf32(d, ab, bb0, bb1);
 }
 
-// Fills MmaFrag from the 64-point basis b (row-major B[i][f]).
-__device__ __forceinline__ void fill_mma_frag(float4* frag, const float* __restrict__ b) {
+// Fills MmaFrag and MmaFragA from the 64-point basis b (row-major B[i][f]).
+__device__ __forceinline__ void fill_mma_frag(float4* frag, float4* fraga, const float* __restrict__ b) {
   for (unsigned e = threadIdx.x; e < 2 * 4 * 4 * 32; e += kThreads) {
     const unsigned par = e >> 9, s = (e >> 7) & 3, n = (e >> 5) & 3, g = (e & 31) >> 2, t = e & 3;
     const unsigned i = 8 * s + 2 * t, m = 8 * n + g;
@@ -650,12 +655,27 @@ __device__ __forceinline__ void fill_mma_frag(float4* frag, const float* __restr
     split_tf32(__ldg(b + (i + 1) * 64 + 2 * m + par), b1, s1);
     frag[e] = make_float4(__uint_as_float(b0), __uint_as_float(b1), __uint_as_float(s0), __uint_as_float(s1));
   }
+  for (unsigned e = threadIdx.x; e < 2 * 2 * 4 * 32; e += kThreads) {
+    const unsigned q = e >> 8, h = (e >> 7) & 1, s = (e >> 5) & 3, g = (e & 31) >> 2, t = e & 3;
+    const unsigned j = 8 * s + 2 * t, m = 16 * h + g;
+    uint32_t big[4], small[4];
+    split_tf32(__ldg(b + j * 64 + 2 * m + q), big[0], small[0]);
+    split_tf32(__ldg(b + j * 64 + 2 * (m + 8) + q), big[1], small[1]);
+    split_tf32(__ldg(b + (j + 1) * 64 + 2 * m + q), big[2], small[2]);
+    split_tf32(__ldg(b + (j + 1) * 64 + 2 * (m + 8) + q), big[3], small[3]);
+    const unsigned at = ((e >> 5) * 2) * 32 + (e & 31);  // part 0; part 1 is 32 further
+    fraga[at] = make_float4(__uint_as_float(big[0]), __uint_as_float(big[1]), __uint_as_float(big[2]),
+                            __uint_as_float(big[3]));
+    fraga[at + 32] = make_float4(__uint_as_float(small[0]), __uint_as_float(small[1]),
+                                 __uint_as_float(small[2]), __uint_as_float(small[3]));
+  }
 }
 
 // The warp's part of the four quadrant transforms (see above): y[n] holds Y^T[m2][m1] for
 // m2 = 16h + g (elements 0, 1) and 16h + g + 8 (2, 3), m1 = 8n + 2t (0, 2) and 8n + 2t + 1 (1, 3),
 // of quadrant quad = warp / 2, h = warp % 2.
-__device__ __forceinline__ void transform_mma(const float* xf, const float4* frag, float (&y)[4][4]) {
+__device__ __forceinline__ void transform_mma(const float* xf, const float4* frag, const float4* fraga,
+                                              float (&y)[4][4]) {
   const unsigned warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const unsigned quad = warp >> 1, h = warp & 1, qp = quad >> 1, qq = quad & 1;
   const float* X = xf + quad * 1024;
@@ -667,10 +687,10 @@ __device__ __forceinline__ void transform_mma(const float* xf, const float4* fra
   // T^T[m2][i] = sum_j B_q[j][m2] X[i][j]: A = B_q^T (rows m2, k = j), B = X^T (n = i).
 #pragma unroll
   for (int s = 0; s < 4; ++s) {
-    const float4 f0 = frag[((qq * 4 + s) * 4 + 2 * h) * 32 + lane];
-    const float4 f1 = frag[((qq * 4 + s) * 4 + 2 * h + 1) * 32 + lane];
-    const uint32_t ab[4] = {__float_as_uint(f0.x), __float_as_uint(f1.x), __float_as_uint(f0.y), __float_as_uint(f1.y)};
-    const uint32_t as[4] = {__float_as_uint(f0.z), __float_as_uint(f1.z), __float_as_uint(f0.w), __float_as_uint(f1.w)};
+    const float4 fb = fraga[(((qq * 2 + h) * 4 + s) * 2) * 32 + lane];
+    const float4 fs = fraga[(((qq * 2 + h) * 4 + s) * 2 + 1) * 32 + lane];
+    const uint32_t ab[4] = {__float_as_uint(fb.x), __float_as_uint(fb.y), __float_as_uint(fb.z), __float_as_uint(fb.w)};
+    const uint32_t as[4] = {__float_as_uint(fs.x), __float_as_uint(fs.y), __float_as_uint(fs.z), __float_as_uint(fs.w)};
 #pragma unroll
     for (int n = 0; n < 4; ++n) {
       const float2 xv = *reinterpret_cast<const float2*>(&X[swz32(8 * n + g, 8 * s + 2 * t)]);
@@ -786,7 +806,7 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
   Smem& sm = *reinterpret_cast<Smem*>(smem_raw);
   const unsigned tid = threadIdx.x;
   if constexpr (Mma) {
-    fill_mma_frag(sm.frag, p.b1);
+    fill_mma_frag(sm.frag, sm.fraga, p.b1);
   } else {
     for (unsigned e = tid; e < 2 * 32 * 32; e += kThreads) {
       const unsigned par = e >> 10, i = (e >> 5) & 31, m = e & 31;
@@ -857,7 +877,7 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
       for (int d = 0; d < 4; ++d) gq[q][d] = 0.0f;
     if constexpr (Mma) {
       float y[4][4];
-      transform_mma(sm.xf, sm.frag, y);
+      transform_mma(sm.xf, sm.frag, sm.fraga, y);
       // This warp's slots of Y (QuadT): rows m2 = 16h + g (+ 8), columns m1 = 8n + 2t (+ 1).
       const unsigned warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
       const uint32_t ybase = (warp >> 1) * 1024;
