@@ -222,8 +222,12 @@ TEST_CASE("cuda optimizer: apply is bit-identical to the CPU", "[cuda][optimizer
           FAIL_CHECK(bad << " of " << got.size() << " parameters differ; first at " << first << ": gpu "
                          << got[first] << " cpu " << want[first] << " (was " << params[first] << ")");
         }
-        // The update moved something (a vacuous comparison proves nothing).
-        CHECK(!bits_equal(got, params));
+        // The update moved something (a vacuous comparison proves nothing), where it could: a tensor
+        // of one chunk may draw an empty or all-zero update (chunk 0 is always empty), and with a
+        // decay factor of 1 only subnormal parameters would then change.
+        const bool can_move =
+            su.decay != 1.0f || std::any_of(u.value.begin(), u.value.end(), [](int32_t v) { return v != 0; });
+        if (can_move) CHECK(!bits_equal(got, params));
       }
     }
   }
