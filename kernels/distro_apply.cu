@@ -154,13 +154,24 @@ __global__ void __launch_bounds__(kThreads, 4) apply64_kernel(const __grid_const
 //   U[i][j] = G00 + G01 + G10 + G11        U[i][63-j] = G00 - G01 + G10 - G11
 //   U[63-i][j] = G00 + G01 - G10 - G11     U[63-i][63-j] = G00 - G01 - G10 + G11,
 // exact int64 sums in any order: a quarter of the multiply-adds. Thread t owns rows r = t / 8 and
-// 63 - r, columns 4c..4c+3 and 60-4c..63-4c (c = t % 8).
+// 63 - r, columns 4c..4c+3 and 60-4c..63-4c (c = t % 8). The entries of a block's next chunks are
+// staged in shared memory a group at a time (SmemA).
+
+constexpr unsigned kAhead = 32;    // chunks of a block whose merged entries are staged at once
+constexpr unsigned kStage = 1024;  // entries staged at most
 
 struct SmemA {
   int32_t bt[64 * 64];        // transposed table Bt[f][i] = Bi[i][f]
   uint16_t eidx[4][kBatch];   // entries of the batch by parity class (order within a class is free)
   int32_t eval[4][kBatch];
   uint32_t ccount[2][4];  // per class; two sets used by alternate batches, so a reset needs no barrier
+  // The staged group: chunk j (the block's j-th next chunk) has its entries at sidx/sval[sbeg[j] ..
+  // sbeg[j + 1]), its first entry at so[j] of run srun[j]; when big, the group is one chunk with
+  // more than kStage entries, read from global memory.
+  uint32_t sbeg[kAhead + 1], so[kAhead], srun[kAhead];
+  uint32_t nstage, big;
+  uint16_t sidx[kStage];
+  int32_t sval[kStage];
 };
 
 __global__ void __launch_bounds__(kThreads, 4) apply64f_kernel(const __grid_constant__ ApplyLaunch p) {
@@ -171,97 +182,139 @@ __global__ void __launch_bounds__(kThreads, 4) apply64f_kernel(const __grid_cons
   __syncthreads();
   unsigned batch = 0;  // batches done by this block: batch & 1 picks the counter set
 
+  // The block's chunks go in groups of up to kAhead: warp 0 reads their offsets, then all threads
+  // copy their entries into shared memory in one round of independent loads, so a chunk does not
+  // wait for two dependent trips to global memory (its offsets, then its entries) before its sums.
+  const unsigned lane = tid & 31;
   uint32_t t = 0;  // this block's run
-  for (uint64_t gi = blockIdx.x; gi < p.chunks; gi += gridDim.x) {
-    t = run_of(p.run, p.runs, gi, t);
-    const ApplyRun& R = p.run[t];
-    const uint32_t ch = uint32_t(gi - R.at.begin);
-    const uint64_t cols = R.at.cols, origin = chunk_origin(R.at, 64, 64, ch);
-    const uint64_t o0 = origin + uint64_t(r) * cols, o1 = origin + uint64_t(63 - r) * cols;
-    prefetch_l2(R.params + o0 + 4 * c), prefetch_l2(R.params + o0 + 60 - 4 * c);
-    prefetch_l2(R.params + o1 + 4 * c), prefetch_l2(R.params + o1 + 60 - 4 * c);
-    uint32_t o, u;
-    chunk_entries(R, ch, o, u);
-    long long g[4][4];
-#pragma unroll
-    for (int q = 0; q < 4; ++q)
-#pragma unroll
-      for (int d = 0; d < 4; ++d) g[q][d] = 0;
-    for (uint32_t s0 = 0; s0 < u; s0 += kBatch, ++batch) {
-      const uint32_t nb = u - s0 < kBatch ? u - s0 : kBatch;
-      uint32_t* count = sm.ccount[batch & 1];  // zero: reset during the previous batch (or at start)
-      bool small = true;
-      for (uint32_t s = tid; s < nb; s += kThreads) {
-        const uint32_t id = R.index[o + s0 + s];
-        const int32_t v = R.value[o + s0 + s];
-        if (id >= 64 * 64) continue;  // out of range: contributes nothing (the caller validated)
-        const uint32_t cls = ((id >> 6) & 1) * 2 + (id & 1);
-        const uint32_t pos = atomicAdd(&count[cls], 1u);
-        sm.eidx[cls][pos] = uint16_t(id);
-        sm.eval[cls][pos] = v;
-        small = small && v >= -65535 && v <= 65535;
+  for (uint64_t g0 = blockIdx.x; g0 < p.chunks;) {
+    __syncthreads();  // the previous group's staged state is read
+    if (tid < 32) {
+      const uint64_t gj = g0 + uint64_t(lane) * gridDim.x;
+      uint32_t o = 0, u = 0, tj = t;
+      const bool valid = gj < p.chunks;
+      if (valid) {
+        tj = run_of(p.run, p.runs, gj, t);
+        chunk_entries(p.run[tj], uint32_t(gj - p.run[tj].at.begin), o, u);
       }
-      small = __syncthreads_and(small);
-      // The other set was last read before the previous batch's closing barrier and is next
-      // incremented after this batch's: reset it now.
-      if (tid < 4) sm.ccount[(batch + 1) & 1][tid] = 0;
+      uint32_t incl = u;  // entries of this lane's chunk and the lanes before it
 #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const uint32_t n = count[q];
-        if (small) {
-          // |v| <= 65535 and |Bi| <= 2896 for n = 64: v * Bi fits in 32 bits.
-#pragma unroll 4
-          for (uint32_t s = 0; s < n; ++s) {
-            const uint32_t id = sm.eidx[q][s];
-            const int32_t w = sm.eval[q][s] * sm.bt[(id >> 6) * 64 + r];
-            const int4 b2 = *reinterpret_cast<const int4*>(&sm.bt[(id & 63) * 64 + 4 * c]);
-            g[q][0] += (long long)w * b2.x;
-            g[q][1] += (long long)w * b2.y;
-            g[q][2] += (long long)w * b2.z;
-            g[q][3] += (long long)w * b2.w;
-          }
-        } else {
-          for (uint32_t s = 0; s < n; ++s) {
-            const uint32_t id = sm.eidx[q][s];
-            const long long v = sm.eval[q][s];
-            const int32_t b1 = sm.bt[(id >> 6) * 64 + r];
-            const int4 b2 = *reinterpret_cast<const int4*>(&sm.bt[(id & 63) * 64 + 4 * c]);
-            g[q][0] += v * (b1 * b2.x);
-            g[q][1] += v * (b1 * b2.y);
-            g[q][2] += v * (b1 * b2.z);
-            g[q][3] += v * (b1 * b2.w);
+      for (unsigned d = 1; d < 32; d <<= 1) {
+        const uint32_t v = __shfl_up_sync(0xffffffffu, incl, d);
+        if (lane >= d) incl += v;
+      }
+      const uint32_t fits = __ballot_sync(0xffffffffu, valid && incl <= kStage);
+      const uint32_t n = fits == 0xffffffffu ? 32u : uint32_t(__ffs(~fits) - 1);
+      if (lane < (n ? n : 1u)) sm.sbeg[lane + 1] = incl, sm.so[lane] = o, sm.srun[lane] = tj;
+      if (lane == 0) sm.sbeg[0] = 0, sm.nstage = n ? n : 1u, sm.big = n == 0;
+    }
+    __syncthreads();
+    const uint32_t nstage = sm.nstage;
+    const bool big = sm.big != 0;
+    const uint32_t staged = big ? 0u : sm.sbeg[nstage];
+    for (uint32_t e = tid; e < staged; e += kThreads) {
+      uint32_t j = 0;  // the group's chunk holding staged entry e: the last j with sbeg[j] <= e
+      for (uint32_t step = 16; step > 0; step >>= 1)
+        if (j + step < nstage && sm.sbeg[j + step] <= e) j += step;
+      const ApplyRun& Rj = p.run[sm.srun[j]];
+      const uint32_t at = sm.so[j] + (e - sm.sbeg[j]);
+      sm.sidx[e] = Rj.index[at];
+      sm.sval[e] = Rj.value[at];
+    }
+    __syncthreads();
+    for (uint32_t j = 0; j < nstage; ++j) {
+      const uint64_t gi = g0 + uint64_t(j) * gridDim.x;
+      t = sm.srun[j];
+      const ApplyRun& R = p.run[t];
+      const uint32_t ch = uint32_t(gi - R.at.begin);
+      const uint64_t cols = R.at.cols, origin = chunk_origin(R.at, 64, 64, ch);
+      const uint64_t o0 = origin + uint64_t(r) * cols, o1 = origin + uint64_t(63 - r) * cols;
+      prefetch_l2(R.params + o0 + 4 * c), prefetch_l2(R.params + o0 + 60 - 4 * c);
+      prefetch_l2(R.params + o1 + 4 * c), prefetch_l2(R.params + o1 + 60 - 4 * c);
+      // The entries: staged at sb, or (a big chunk) at o in global memory.
+      const uint32_t sb = sm.sbeg[j], u = sm.sbeg[j + 1] - sb, o = sm.so[j];
+      long long g[4][4];
+  #pragma unroll
+      for (int q = 0; q < 4; ++q)
+  #pragma unroll
+        for (int d = 0; d < 4; ++d) g[q][d] = 0;
+      for (uint32_t s0 = 0; s0 < u; s0 += kBatch, ++batch) {
+        const uint32_t nb = u - s0 < kBatch ? u - s0 : kBatch;
+        uint32_t* count = sm.ccount[batch & 1];  // zero: reset during the previous batch (or at start)
+        bool small = true;
+        for (uint32_t s = tid; s < nb; s += kThreads) {
+          const uint32_t id = big ? R.index[o + s0 + s] : sm.sidx[sb + s0 + s];
+          const int32_t v = big ? R.value[o + s0 + s] : sm.sval[sb + s0 + s];
+          if (id >= 64 * 64) continue;  // out of range: contributes nothing (the caller validated)
+          const uint32_t cls = ((id >> 6) & 1) * 2 + (id & 1);
+          const uint32_t pos = atomicAdd(&count[cls], 1u);
+          sm.eidx[cls][pos] = uint16_t(id);
+          sm.eval[cls][pos] = v;
+          small = small && v >= -65535 && v <= 65535;
+        }
+        small = __syncthreads_and(small);
+        // The other set was last read before the previous batch's closing barrier and is next
+        // incremented after this batch's: reset it now.
+        if (tid < 4) sm.ccount[(batch + 1) & 1][tid] = 0;
+  #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const uint32_t n = count[q];
+          if (small) {
+            // |v| <= 65535 and |Bi| <= 2896 for n = 64: v * Bi fits in 32 bits.
+  #pragma unroll 4
+            for (uint32_t s = 0; s < n; ++s) {
+              const uint32_t id = sm.eidx[q][s];
+              const int32_t w = sm.eval[q][s] * sm.bt[(id >> 6) * 64 + r];
+              const int4 b2 = *reinterpret_cast<const int4*>(&sm.bt[(id & 63) * 64 + 4 * c]);
+              g[q][0] += (long long)w * b2.x;
+              g[q][1] += (long long)w * b2.y;
+              g[q][2] += (long long)w * b2.z;
+              g[q][3] += (long long)w * b2.w;
+            }
+          } else {
+            for (uint32_t s = 0; s < n; ++s) {
+              const uint32_t id = sm.eidx[q][s];
+              const long long v = sm.eval[q][s];
+              const int32_t b1 = sm.bt[(id >> 6) * 64 + r];
+              const int4 b2 = *reinterpret_cast<const int4*>(&sm.bt[(id & 63) * 64 + 4 * c]);
+              g[q][0] += v * (b1 * b2.x);
+              g[q][1] += v * (b1 * b2.y);
+              g[q][2] += v * (b1 * b2.z);
+              g[q][3] += v * (b1 * b2.w);
+            }
           }
         }
+        __syncthreads();
       }
-      __syncthreads();
+      // sg[k][d]: sign of U at (r, j), (r, 63 - j), (63 - r, j), (63 - r, 63 - j), j = 4c + d.
+      int sg[4][4];
+  #pragma unroll
+      for (int d = 0; d < 4; ++d) {
+        const long long a = g[0][d] + g[2][d], b = g[1][d] + g[3][d];  // q even / odd, p summed
+        const long long e = g[0][d] - g[2][d], f = g[1][d] - g[3][d];  // p odd flips
+        sg[0][d] = sign_of(a + b);
+        sg[1][d] = sign_of(a - b);
+        sg[2][d] = sign_of(e + f);
+        sg[3][d] = sign_of(e - f);
+      }
+      float4* p0 = reinterpret_cast<float4*>(R.params + o0 + 4 * c);
+      float4* p1 = reinterpret_cast<float4*>(R.params + o0 + 60 - 4 * c);
+      float4* p2 = reinterpret_cast<float4*>(R.params + o1 + 4 * c);
+      float4* p3 = reinterpret_cast<float4*>(R.params + o1 + 60 - 4 * c);
+      float4 t0 = *p0, t1 = *p1, t2 = *p2, t3 = *p3;
+      const float dec = p.decay, lr = p.lr;
+      t0 = make_float4(apply_element(t0.x, dec, lr, sg[0][0]), apply_element(t0.y, dec, lr, sg[0][1]),
+                       apply_element(t0.z, dec, lr, sg[0][2]), apply_element(t0.w, dec, lr, sg[0][3]));
+      // The mirrored float4s hold columns 63 - j for j = 4c + 3 .. 4c: component e is d = 3 - e.
+      t1 = make_float4(apply_element(t1.x, dec, lr, sg[1][3]), apply_element(t1.y, dec, lr, sg[1][2]),
+                       apply_element(t1.z, dec, lr, sg[1][1]), apply_element(t1.w, dec, lr, sg[1][0]));
+      t2 = make_float4(apply_element(t2.x, dec, lr, sg[2][0]), apply_element(t2.y, dec, lr, sg[2][1]),
+                       apply_element(t2.z, dec, lr, sg[2][2]), apply_element(t2.w, dec, lr, sg[2][3]));
+      t3 = make_float4(apply_element(t3.x, dec, lr, sg[3][3]), apply_element(t3.y, dec, lr, sg[3][2]),
+                       apply_element(t3.z, dec, lr, sg[3][1]), apply_element(t3.w, dec, lr, sg[3][0]));
+      *p0 = t0, *p1 = t1, *p2 = t2, *p3 = t3;
     }
-    // sg[k][d]: sign of U at (r, j), (r, 63 - j), (63 - r, j), (63 - r, 63 - j), j = 4c + d.
-    int sg[4][4];
-#pragma unroll
-    for (int d = 0; d < 4; ++d) {
-      const long long a = g[0][d] + g[2][d], b = g[1][d] + g[3][d];  // q even / odd, p summed
-      const long long e = g[0][d] - g[2][d], f = g[1][d] - g[3][d];  // p odd flips
-      sg[0][d] = sign_of(a + b);
-      sg[1][d] = sign_of(a - b);
-      sg[2][d] = sign_of(e + f);
-      sg[3][d] = sign_of(e - f);
-    }
-    float4* p0 = reinterpret_cast<float4*>(R.params + o0 + 4 * c);
-    float4* p1 = reinterpret_cast<float4*>(R.params + o0 + 60 - 4 * c);
-    float4* p2 = reinterpret_cast<float4*>(R.params + o1 + 4 * c);
-    float4* p3 = reinterpret_cast<float4*>(R.params + o1 + 60 - 4 * c);
-    float4 t0 = *p0, t1 = *p1, t2 = *p2, t3 = *p3;
-    const float dec = p.decay, lr = p.lr;
-    t0 = make_float4(apply_element(t0.x, dec, lr, sg[0][0]), apply_element(t0.y, dec, lr, sg[0][1]),
-                     apply_element(t0.z, dec, lr, sg[0][2]), apply_element(t0.w, dec, lr, sg[0][3]));
-    // The mirrored float4s hold columns 63 - j for j = 4c + 3 .. 4c: component e is d = 3 - e.
-    t1 = make_float4(apply_element(t1.x, dec, lr, sg[1][3]), apply_element(t1.y, dec, lr, sg[1][2]),
-                     apply_element(t1.z, dec, lr, sg[1][1]), apply_element(t1.w, dec, lr, sg[1][0]));
-    t2 = make_float4(apply_element(t2.x, dec, lr, sg[2][0]), apply_element(t2.y, dec, lr, sg[2][1]),
-                     apply_element(t2.z, dec, lr, sg[2][2]), apply_element(t2.w, dec, lr, sg[2][3]));
-    t3 = make_float4(apply_element(t3.x, dec, lr, sg[3][3]), apply_element(t3.y, dec, lr, sg[3][2]),
-                     apply_element(t3.z, dec, lr, sg[3][1]), apply_element(t3.w, dec, lr, sg[3][0]));
-    *p0 = t0, *p1 = t1, *p2 = t2, *p3 = t3;
+    g0 += uint64_t(nstage) * gridDim.x;
   }
 }
 

@@ -179,6 +179,7 @@ TEST_CASE("cuda optimizer: apply is bit-identical to the CPU", "[cuda][optimizer
           {8, 256, 1e-3f, 1.0f},
           {64, 256 * 127, 4e-4f, 1.0f - 4e-4f * 0.1f},
           {600, 256 * 127, 1e-2f, 0.5f},
+          {2500, 256 * 127, 1e-3f, 0.999f},  // more entries than the folded kernel stages
           {6, int64_t(1) << 30, 2e-4f, 0.999f},
           {16, 256, 1e-38f, 1.0f - 1e-7f},
       };
