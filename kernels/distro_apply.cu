@@ -234,9 +234,9 @@ __global__ void __launch_bounds__(kThreads, 4) apply64f_kernel(const __grid_cons
       // The entries: staged at sb, or (a big chunk) at o in global memory.
       const uint32_t sb = sm.sbeg[j], u = sm.sbeg[j + 1] - sb, o = sm.so[j];
       long long g[4][4];
-  #pragma unroll
+#pragma unroll
       for (int q = 0; q < 4; ++q)
-  #pragma unroll
+#pragma unroll
         for (int d = 0; d < 4; ++d) g[q][d] = 0;
       for (uint32_t s0 = 0; s0 < u; s0 += kBatch, ++batch) {
         const uint32_t nb = u - s0 < kBatch ? u - s0 : kBatch;
@@ -256,12 +256,12 @@ __global__ void __launch_bounds__(kThreads, 4) apply64f_kernel(const __grid_cons
         // The other set was last read before the previous batch's closing barrier and is next
         // incremented after this batch's: reset it now.
         if (tid < 4) sm.ccount[(batch + 1) & 1][tid] = 0;
-  #pragma unroll
+#pragma unroll
         for (int q = 0; q < 4; ++q) {
           const uint32_t n = count[q];
           if (small) {
             // |v| <= 65535 and |Bi| <= 2896 for n = 64: v * Bi fits in 32 bits.
-  #pragma unroll 4
+#pragma unroll 4
             for (uint32_t s = 0; s < n; ++s) {
               const uint32_t id = sm.eidx[q][s];
               const int32_t w = sm.eval[q][s] * sm.bt[(id >> 6) * 64 + r];
@@ -288,7 +288,7 @@ __global__ void __launch_bounds__(kThreads, 4) apply64f_kernel(const __grid_cons
       }
       // sg[k][d]: sign of U at (r, j), (r, 63 - j), (63 - r, j), (63 - r, 63 - j), j = 4c + d.
       int sg[4][4];
-  #pragma unroll
+#pragma unroll
       for (int d = 0; d < 4; ++d) {
         const long long a = g[0][d] + g[2][d], b = g[1][d] + g[3][d];  // q even / odd, p summed
         const long long e = g[0][d] - g[2][d], f = g[1][d] - g[3][d];  // p odd flips
