@@ -1209,29 +1209,20 @@ cudaError_t plan_compress(const CompressLaunch& L, unsigned sm_count, CompressPl
   // no faster).
   const char* keep_env = std::getenv("DISTRO_CUDA_DCT_KEEPX");
   const bool keep = keep_env && (keep_env[0] == '0' || keep_env[0] == '1') ? keep_env[0] == '1' : mma;
-  if (mma) {
-    out.kernel = keep ? 6 : 5;
-    out.smem = sizeof(SmemM);
-    auto* kern = keep ? compress64f_kernel<true, true> : compress64f_kernel<false, true>;
-    cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(out.smem));
-    if (err != cudaSuccess) return err;
-    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, kThreads, out.smem);
-    if (err != cudaSuccess) return err;
-  } else if (tiled && fold) {
-    out.kernel = keep ? 4 : 3;
-    out.smem = sizeof(SmemF);
-    auto* kern = keep ? compress64f_kernel<true, false> : compress64f_kernel<false, false>;
-    cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(out.smem));
-    if (err != cudaSuccess) return err;
-    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, kThreads, out.smem);
-    if (err != cudaSuccess) return err;
-  } else if (tiled) {
-    out.kernel = 1;
-    out.smem = sizeof(Smem64);
-    cudaError_t err = cudaFuncSetAttribute(compress64_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           int(out.smem));
-    if (err != cudaSuccess) return err;
-    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, compress64_kernel, kThreads, out.smem);
+  // A 64x64 kernel with its dynamic shared memory: allowed past 48 KiB, and its blocks per SM.
+  const auto tiled_kernel = [&](int id, void (*kern)(CompressLaunch), size_t smem) {
+    out.kernel = id;
+    out.smem = smem;
+    const cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    return err != cudaSuccess ? err : cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, kThreads, smem);
+  };
+  if (tiled) {
+    const cudaError_t err =
+        mma    ? tiled_kernel(keep ? 6 : 5, keep ? compress64f_kernel<true, true> : compress64f_kernel<false, true>,
+                              sizeof(SmemM))
+        : fold ? tiled_kernel(keep ? 4 : 3, keep ? compress64f_kernel<true, false> : compress64f_kernel<false, false>,
+                              sizeof(SmemF))
+               : tiled_kernel(1, compress64_kernel, sizeof(Smem64));
     if (err != cudaSuccess) return err;
   } else {
     out.kernel = 2;
