@@ -166,13 +166,55 @@ struct SmemA {
   int32_t eval[4][kBatch];
   uint32_t ccount[2][4];  // per class; two sets used by alternate batches, so a reset needs no barrier
   // The staged group: chunk j (the block's j-th next chunk) has its entries at sidx/sval[sbeg[j] ..
-  // sbeg[j + 1]), its first entry at so[j] of run srun[j]; when big, the group is one chunk with
-  // more than kStage entries, read from global memory.
+  // sbeg[j + 1]), its first entry at so[j] of run srun[j]; when sbeg[nstage] > kStage, the group is
+  // one chunk with more entries than that, read from global memory.
   uint32_t sbeg[kAhead + 1], so[kAhead], srun[kAhead];
-  uint32_t nstage, big;
+  uint32_t nstage;
   uint16_t sidx[kStage];
   int32_t sval[kStage];
 };
+
+// Stages the entries of the block's next chunks g0, g0 + G, ... (G the grid): warp 0 reads the
+// offsets of up to kAhead of them, as many as fit kStage entries (at least one; a first chunk with
+// more is left in global memory), then all threads copy the entries into shared memory in one round
+// of independent loads, so a chunk does not wait for two dependent trips to global memory (its
+// offsets, then its entries) before its sums. t: the run of g0 or an earlier one. Returns the
+// group's size; the caller has passed a barrier since it last read the staged state.
+__device__ __forceinline__ uint32_t stage_entries(const ApplyLaunch& p, SmemA& sm, uint64_t g0, uint32_t t) {
+  const unsigned tid = threadIdx.x, lane = tid & 31;
+  if (tid < 32) {
+    const uint64_t gj = g0 + uint64_t(lane) * gridDim.x;
+    uint32_t o = 0, u = 0, tj = t;
+    const bool valid = gj < p.chunks;
+    if (valid) {
+      tj = run_of(p.run, p.runs, gj, t);
+      chunk_entries(p.run[tj], uint32_t(gj - p.run[tj].at.begin), o, u);
+    }
+    uint32_t incl = u;  // entries of this lane's chunk and the lanes before it
+#pragma unroll
+    for (unsigned d = 1; d < 32; d <<= 1) {
+      const uint32_t v = __shfl_up_sync(0xffffffffu, incl, d);
+      if (lane >= d) incl += v;
+    }
+    const uint32_t fits = __ballot_sync(0xffffffffu, valid && incl <= kStage);
+    const uint32_t n = fits == 0xffffffffu ? 32u : uint32_t(__ffs(~fits) - 1);
+    if (lane < (n ? n : 1u)) sm.sbeg[lane + 1] = incl, sm.so[lane] = o, sm.srun[lane] = tj;
+    if (lane == 0) sm.sbeg[0] = 0, sm.nstage = n ? n : 1u;
+  }
+  __syncthreads();
+  const uint32_t nstage = sm.nstage, staged = sm.sbeg[nstage] <= kStage ? sm.sbeg[nstage] : 0u;
+  for (uint32_t e = tid; e < staged; e += kThreads) {
+    uint32_t j = 0;  // the group's chunk holding staged entry e: the last j with sbeg[j] <= e
+    for (uint32_t step = 16; step > 0; step >>= 1)
+      if (j + step < nstage && sm.sbeg[j + step] <= e) j += step;
+    const ApplyRun& Rj = p.run[sm.srun[j]];
+    const uint32_t at = sm.so[j] + (e - sm.sbeg[j]);
+    sm.sidx[e] = Rj.index[at];
+    sm.sval[e] = Rj.value[at];
+  }
+  __syncthreads();
+  return nstage;
+}
 
 __global__ void __launch_bounds__(kThreads, 4) apply64f_kernel(const __grid_constant__ ApplyLaunch p) {
   __shared__ __align__(16) SmemA sm;
@@ -182,46 +224,11 @@ __global__ void __launch_bounds__(kThreads, 4) apply64f_kernel(const __grid_cons
   __syncthreads();
   unsigned batch = 0;  // batches done by this block: batch & 1 picks the counter set
 
-  // The block's chunks go in groups of up to kAhead: warp 0 reads their offsets, then all threads
-  // copy their entries into shared memory in one round of independent loads, so a chunk does not
-  // wait for two dependent trips to global memory (its offsets, then its entries) before its sums.
-  const unsigned lane = tid & 31;
   uint32_t t = 0;  // this block's run
   for (uint64_t g0 = blockIdx.x; g0 < p.chunks;) {
     __syncthreads();  // the previous group's staged state is read
-    if (tid < 32) {
-      const uint64_t gj = g0 + uint64_t(lane) * gridDim.x;
-      uint32_t o = 0, u = 0, tj = t;
-      const bool valid = gj < p.chunks;
-      if (valid) {
-        tj = run_of(p.run, p.runs, gj, t);
-        chunk_entries(p.run[tj], uint32_t(gj - p.run[tj].at.begin), o, u);
-      }
-      uint32_t incl = u;  // entries of this lane's chunk and the lanes before it
-#pragma unroll
-      for (unsigned d = 1; d < 32; d <<= 1) {
-        const uint32_t v = __shfl_up_sync(0xffffffffu, incl, d);
-        if (lane >= d) incl += v;
-      }
-      const uint32_t fits = __ballot_sync(0xffffffffu, valid && incl <= kStage);
-      const uint32_t n = fits == 0xffffffffu ? 32u : uint32_t(__ffs(~fits) - 1);
-      if (lane < (n ? n : 1u)) sm.sbeg[lane + 1] = incl, sm.so[lane] = o, sm.srun[lane] = tj;
-      if (lane == 0) sm.sbeg[0] = 0, sm.nstage = n ? n : 1u, sm.big = n == 0;
-    }
-    __syncthreads();
-    const uint32_t nstage = sm.nstage;
-    const bool big = sm.big != 0;
-    const uint32_t staged = big ? 0u : sm.sbeg[nstage];
-    for (uint32_t e = tid; e < staged; e += kThreads) {
-      uint32_t j = 0;  // the group's chunk holding staged entry e: the last j with sbeg[j] <= e
-      for (uint32_t step = 16; step > 0; step >>= 1)
-        if (j + step < nstage && sm.sbeg[j + step] <= e) j += step;
-      const ApplyRun& Rj = p.run[sm.srun[j]];
-      const uint32_t at = sm.so[j] + (e - sm.sbeg[j]);
-      sm.sidx[e] = Rj.index[at];
-      sm.sval[e] = Rj.value[at];
-    }
-    __syncthreads();
+    const uint32_t nstage = stage_entries(p, sm, g0, t);
+    const bool big = sm.sbeg[nstage] > kStage;
     for (uint32_t j = 0; j < nstage; ++j) {
       const uint64_t gi = g0 + uint64_t(j) * gridDim.x;
       t = sm.srun[j];

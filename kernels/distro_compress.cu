@@ -793,6 +793,157 @@ __device__ __forceinline__ void select_in_warps(const CompressLaunch& p, const C
   }
 }
 
+// The float32 kernel's four quadrant transforms (4x4 register tiles per thread; T through shared
+// memory, one barrier) and its block-wide selection. Y lands in xf in Quad64 slots; returns how
+// many coefficients were selected (their indices in out_idx).
+__device__ __forceinline__ uint32_t transform_select_ffma(SmemF& sm, uint32_t k, uint16_t* out_idx) {
+  const unsigned tid = threadIdx.x;
+  const unsigned quad = tid >> 6, qy = (tid & 63) >> 3, qx = tid & 7;  // the transforms' 4x4 tiles
+  const unsigned qp = quad >> 1, qq = quad & 1;
+
+  // 2a. T^{pq}[i][m2] = sum_{j < 32} X^{pq}[i][j] B_q[j][m2]; rows i = qy + 8a, columns m2 = 4qx + b.
+  float acc[4][4];
+#pragma unroll
+  for (int a = 0; a < 4; ++a)
+#pragma unroll
+    for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;
+  {
+    const float* X = sm.xf + quad * 32 * kFs;
+    const float* Bq = sm.bp + qq * 1024;
+#pragma unroll 2
+    for (int j0 = 0; j0 < 32; j0 += 4) {
+      float4 A[4];
+#pragma unroll
+      for (int a = 0; a < 4; ++a) A[a] = *reinterpret_cast<const float4*>(&X[(qy + 8 * a) * kFs + j0]);
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) {
+        const float4 B = *reinterpret_cast<const float4*>(&Bq[(j0 + jj) * 32 + 4 * qx]);
+#pragma unroll
+        for (int a = 0; a < 4; ++a) {
+          const float av = comp(A[a], jj);
+          acc[a][0] = __fmaf_rn(av, B.x, acc[a][0]);
+          acc[a][1] = __fmaf_rn(av, B.y, acc[a][1]);
+          acc[a][2] = __fmaf_rn(av, B.z, acc[a][2]);
+          acc[a][3] = __fmaf_rn(av, B.w, acc[a][3]);
+        }
+      }
+    }
+    float* T = sm.t + quad * 1024;
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+      *reinterpret_cast<float4*>(&T[(qy + 8 * a) * 32 + 4 * qx]) = f4(acc[a][0], acc[a][1], acc[a][2], acc[a][3]);
+  }
+  __syncthreads();
+
+  // 2b. Y^{pq}[m1][m2] = sum_{i < 32} B_p[i][m1] T^{pq}[i][m2]; rows m1 = 4qy + a.
+#pragma unroll
+  for (int a = 0; a < 4; ++a)
+#pragma unroll
+    for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;
+  {
+    const float* Bp = sm.bp + qp * 1024;
+    const float* T = sm.t + quad * 1024;
+#pragma unroll 4
+    for (int i = 0; i < 32; ++i) {
+      const float4 A = *reinterpret_cast<const float4*>(&Bp[i * 32 + 4 * qy]);
+      const float4 B = *reinterpret_cast<const float4*>(&T[i * 32 + 4 * qx]);
+#pragma unroll
+      for (int a = 0; a < 4; ++a) {
+        const float av = comp(A, a);
+        acc[a][0] = __fmaf_rn(av, B.x, acc[a][0]);
+        acc[a][1] = __fmaf_rn(av, B.y, acc[a][1]);
+        acc[a][2] = __fmaf_rn(av, B.z, acc[a][2]);
+        acc[a][3] = __fmaf_rn(av, B.w, acc[a][3]);
+      }
+    }
+  }
+  float* Y = sm.xf;
+#pragma unroll
+  for (int a = 0; a < 4; ++a)
+    *reinterpret_cast<float4*>(&Y[quad * 1024 + (4 * qy + a) * 32 + 4 * qx]) =
+        f4(acc[a][0], acc[a][1], acc[a][2], acc[a][3]);
+  // No barrier here: the selection's fast path takes this thread's 16 coefficients from registers
+  // (first pass) and from its own slots of Y (second pass, its own writes), and its first barrier
+  // comes before any thread reads another's Y.
+
+  // 3-4. Selection.
+  const uint32_t ybase = quad * 1024 + (4 * qy) * 32 + 4 * qx;
+  const auto own_regs = [&](auto&& f) {
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+#pragma unroll
+      for (int b = 0; b < 4; ++b) f(mag_key(acc[a][b]), ybase + a * 32 + b);
+  };
+  const auto own_smem = [&](auto&& f) {
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+      const float4 v = *reinterpret_cast<const float4*>(&Y[ybase + a * 32]);
+      f(mag_key(v.x), ybase + a * 32 + 0), f(mag_key(v.y), ybase + a * 32 + 1);
+      f(mag_key(v.z), ybase + a * 32 + 2), f(mag_key(v.w), ybase + a * 32 + 3);
+    }
+  };
+  return select_chunk_owned(Y, 64 * 64, k, sm.sel, out_idx, Quad64{}, own_regs, own_smem);
+}
+
+// The end of a chunk after a block-wide selection of cnt coefficients: their values and count out,
+// then the feedback's sums gq of thread (r, c) through shared memory: the terms sorted by parity
+// class (32 at a time) into W and V at wv (room that is free by then), so each costs one
+// multiply-add per element quad.
+template <class Layout>
+__device__ __forceinline__ void values_feedback_block(const CompressLaunch& p, const CompressRun& R, uint32_t ch,
+                                                      const float* Y, uint16_t* out_idx, uint32_t cnt,
+                                                      SelectSmem& sel, Layout lay, float* wv, unsigned r,
+                                                      unsigned c, float (&gq)[4][4]) {
+  const unsigned tid = threadIdx.x;
+  const uint16_t* sel_idx = selected(sel, out_idx, cnt);
+  emit_values(Y, sel_idx, cnt, p.value_mode, R.value + uint64_t(ch) * p.k, sel, lay);
+  if (tid == 0) R.count[ch] = uint16_t(cnt);
+
+  float* W = wv;                                               // W[i][slot], i < 32, stride kFs
+  float* V = wv + 32 * kFs;                                    // V[slot][j], j < 32, stride kFs
+  uint32_t* cb = reinterpret_cast<uint32_t*>(wv + 64 * kFs);  // class bounds [5]
+  for (uint32_t s0 = 0; s0 < cnt; s0 += 32) {
+    const uint32_t ns = cnt - s0 < 32 ? cnt - s0 : 32;
+    // Every warp sorts the 32 terms into classes itself (ballots; no barrier before the fill);
+    // thread 0 publishes the class bounds for the sums (read after the fill's barrier).
+    const unsigned lane = tid & 31;
+    uint32_t cls = 4, lid = 0;
+    if (lane < ns) {
+      lid = sel_idx[s0 + lane];
+      cls = (((lid >> 6) & 1u) << 1) | (lid & 1u);
+    }
+    uint32_t base = 0, lslot = 0;
+#pragma unroll
+    for (uint32_t q = 0; q < 4; ++q) {
+      const uint32_t m = __ballot_sync(0xffffffffu, cls == q);
+      if (cls == q) lslot = base + __popc(m & ((1u << lane) - 1u));
+      if (tid == 0) cb[q] = base;
+      base += __popc(m);
+    }
+    if (tid == 0) cb[4] = base;
+    for (uint32_t e = tid; e < 32 * ns; e += kThreads) {  // warp-uniform: s is the same in a warp
+      const uint32_t s = e >> 5, i = e & 31;
+      const uint32_t id = __shfl_sync(0xffffffffu, lid, s), slot = __shfl_sync(0xffffffffu, lslot, s);
+      W[i * kFs + slot] = __fmul_rn(__ldg(p.b1t + (id >> 6) * 64 + i), Y[lay.slot(id)]);
+      V[slot * kFs + i] = __ldg(p.b2t + (id & 63) * 64 + i);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const uint32_t end = cb[q + 1];
+      for (uint32_t slot = cb[q]; slot < end; ++slot) {
+        const float w = W[r * kFs + slot];
+        const float4 Vv = *reinterpret_cast<const float4*>(&V[slot * kFs + 4 * c]);
+        gq[q][0] = __fmaf_rn(w, Vv.x, gq[q][0]);
+        gq[q][1] = __fmaf_rn(w, Vv.y, gq[q][1]);
+        gq[q][2] = __fmaf_rn(w, Vv.z, gq[q][2]);
+        gq[q][3] = __fmaf_rn(w, Vv.w, gq[q][3]);
+      }
+    }
+    __syncthreads();
+  }
+}
+
 // KeepX: keep the momentum in registers from the load to the feedback (80 registers, 3 blocks per
 // SM) instead of recomputing it from its inputs, then in L2, at the end (64 registers, 4 blocks per
 // SM). Mma: the transforms on tensor cores (transform_mma, Y in QuadT slots) instead of float32
@@ -801,7 +952,6 @@ __device__ __forceinline__ void select_in_warps(const CompressLaunch& p, const C
 template <bool KeepX, bool Mma>
 __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(const __grid_constant__ CompressLaunch p) {
   using Smem = std::conditional_t<Mma, SmemM, SmemF>;
-  using Lay = std::conditional_t<Mma, QuadT, Quad64>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   Smem& sm = *reinterpret_cast<Smem*>(smem_raw);
   const unsigned tid = threadIdx.x;
@@ -867,9 +1017,6 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
     // e = G0 - G2, f = G1 - G3 the element (r, j) gets a + b, (r, 63 - j) a - b, (63 - r, j) e + f
     // and (63 - r, 63 - j) e - f (B[63 - i][f] = (-1)^f B[i][f]). gq[q][d] is G_q at (r, 4c + d).
     uint16_t* out_idx = R.index + uint64_t(ch) * p.k;
-    uint32_t cnt = 0;
-    float* Y = nullptr;
-    bool in_warps = false;  // selection, values and feedback sums already done by select_in_warps
     float gq[4][4];
 #pragma unroll
     for (int q = 0; q < 4; ++q)
@@ -882,13 +1029,13 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
       const unsigned warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
       const uint32_t ybase = (warp >> 1) * 1024;
       const unsigned m2 = 16 * (warp & 1) + g;
-      Y = sm.y;
+      float* Y = sm.y;
 #pragma unroll
       for (int n = 0; n < 4; ++n) {
         *reinterpret_cast<float2*>(&Y[ybase + swz32(m2, 8 * n + 2 * tq)]) = make_float2(y[n][0], y[n][1]);
         *reinterpret_cast<float2*>(&Y[ybase + swz32(m2 + 8, 8 * n + 2 * tq)]) = make_float2(y[n][2], y[n][3]);
       }
-      // No barrier: as in the branch below, the selection's first pass reads registers and its
+      // No barrier: as in transform_select_ffma, the selection's first pass reads registers and its
       // second this thread's own slots.
       const auto own_regs = [&](auto&& f) {
 #pragma unroll
@@ -908,154 +1055,17 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
           f(mag_key(v1.x), s1), f(mag_key(v1.y), s1 + 1);
         }
       };
-      const uint32_t C = gather_candidates(p.k, sm.sel, Lay{}, own_regs, own_smem);
+      const uint32_t C = gather_candidates(p.k, sm.sel, QuadT{}, own_regs, own_smem);
       if (C <= 32) {
-        in_warps = true;
-        select_in_warps(p, R, ch, Y, C, sm.sel, Lay{}, r, c, gq);
+        select_in_warps(p, R, ch, Y, C, sm.sel, QuadT{}, r, c, gq);
       } else {
-        cnt = rank_candidates(Y, 64 * 64, p.k, C, sm.sel, out_idx, Lay{});
+        // W and V go where X^{pq} was (Y is elsewhere in this kernel).
+        const uint32_t cnt = rank_candidates(Y, 64 * 64, p.k, C, sm.sel, out_idx, QuadT{});
+        values_feedback_block(p, R, ch, Y, out_idx, cnt, sm.sel, QuadT{}, sm.xf, r, c, gq);
       }
     } else {
-    const unsigned quad = tid >> 6, qy = (tid & 63) >> 3, qx = tid & 7;  // the transforms' 4x4 tiles
-    const unsigned qp = quad >> 1, qq = quad & 1;
-
-    // 2a. T^{pq}[i][m2] = sum_{j < 32} X^{pq}[i][j] B_q[j][m2]; rows i = qy + 8a, columns m2 = 4qx + b.
-    float acc[4][4];
-#pragma unroll
-    for (int a = 0; a < 4; ++a)
-#pragma unroll
-      for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;
-    {
-      const float* X = sm.xf + quad * 32 * kFs;
-      const float* Bq = sm.bp + qq * 1024;
-#pragma unroll 2
-      for (int j0 = 0; j0 < 32; j0 += 4) {
-        float4 A[4];
-#pragma unroll
-        for (int a = 0; a < 4; ++a) A[a] = *reinterpret_cast<const float4*>(&X[(qy + 8 * a) * kFs + j0]);
-#pragma unroll
-        for (int jj = 0; jj < 4; ++jj) {
-          const float4 B = *reinterpret_cast<const float4*>(&Bq[(j0 + jj) * 32 + 4 * qx]);
-#pragma unroll
-          for (int a = 0; a < 4; ++a) {
-            const float av = comp(A[a], jj);
-            acc[a][0] = __fmaf_rn(av, B.x, acc[a][0]);
-            acc[a][1] = __fmaf_rn(av, B.y, acc[a][1]);
-            acc[a][2] = __fmaf_rn(av, B.z, acc[a][2]);
-            acc[a][3] = __fmaf_rn(av, B.w, acc[a][3]);
-          }
-        }
-      }
-      float* T = sm.t + quad * 1024;
-#pragma unroll
-      for (int a = 0; a < 4; ++a)
-        *reinterpret_cast<float4*>(&T[(qy + 8 * a) * 32 + 4 * qx]) = f4(acc[a][0], acc[a][1], acc[a][2], acc[a][3]);
-    }
-    __syncthreads();
-
-    // 2b. Y^{pq}[m1][m2] = sum_{i < 32} B_p[i][m1] T^{pq}[i][m2]; rows m1 = 4qy + a.
-#pragma unroll
-    for (int a = 0; a < 4; ++a)
-#pragma unroll
-      for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;
-    {
-      const float* Bp = sm.bp + qp * 1024;
-      const float* T = sm.t + quad * 1024;
-#pragma unroll 4
-      for (int i = 0; i < 32; ++i) {
-        const float4 A = *reinterpret_cast<const float4*>(&Bp[i * 32 + 4 * qy]);
-        const float4 B = *reinterpret_cast<const float4*>(&T[i * 32 + 4 * qx]);
-#pragma unroll
-        for (int a = 0; a < 4; ++a) {
-          const float av = comp(A, a);
-          acc[a][0] = __fmaf_rn(av, B.x, acc[a][0]);
-          acc[a][1] = __fmaf_rn(av, B.y, acc[a][1]);
-          acc[a][2] = __fmaf_rn(av, B.z, acc[a][2]);
-          acc[a][3] = __fmaf_rn(av, B.w, acc[a][3]);
-        }
-      }
-    }
-    Y = sm.xf;
-#pragma unroll
-    for (int a = 0; a < 4; ++a)
-      *reinterpret_cast<float4*>(&Y[quad * 1024 + (4 * qy + a) * 32 + 4 * qx]) =
-          f4(acc[a][0], acc[a][1], acc[a][2], acc[a][3]);
-    // No barrier here: the selection's fast path takes this thread's 16 coefficients from registers
-    // (first pass) and from its own slots of Y (second pass, its own writes), and its first barrier
-    // comes before any thread reads another's Y.
-
-    // 3-4. Selection and values.
-    const uint32_t ybase = quad * 1024 + (4 * qy) * 32 + 4 * qx;
-    const auto own_regs = [&](auto&& f) {
-#pragma unroll
-      for (int a = 0; a < 4; ++a)
-#pragma unroll
-        for (int b = 0; b < 4; ++b) f(mag_key(acc[a][b]), ybase + a * 32 + b);
-    };
-    const auto own_smem = [&](auto&& f) {
-#pragma unroll
-      for (int a = 0; a < 4; ++a) {
-        const float4 v = *reinterpret_cast<const float4*>(&Y[ybase + a * 32]);
-        f(mag_key(v.x), ybase + a * 32 + 0), f(mag_key(v.y), ybase + a * 32 + 1);
-        f(mag_key(v.z), ybase + a * 32 + 2), f(mag_key(v.w), ybase + a * 32 + 3);
-      }
-    };
-    cnt = select_chunk_owned(Y, 64 * 64, p.k, sm.sel, out_idx, Lay{}, own_regs, own_smem);
-    }
-    if (!in_warps) {
-    const uint16_t* sel_idx = selected(sm.sel, out_idx, cnt);
-    emit_values(Y, sel_idx, cnt, p.value_mode, R.value + uint64_t(ch) * p.k, sm.sel, Lay{});
-    if (tid == 0) R.count[ch] = uint16_t(cnt);
-
-    // 5. The feedback's sums through shared memory: terms sorted by class (32 at a time), so each
-    // costs one multiply-add per element quad. W, V and the class bounds: where the transform's T was, or X^{pq} in the tensor-core kernel
-    // (Y is elsewhere there).
-    float* wv;
-    if constexpr (Mma) wv = sm.xf;
-    else wv = sm.t;
-    float* W = wv;                                               // W[i][slot], i < 32, stride kFs
-    float* V = wv + 32 * kFs;                                    // V[slot][j], j < 32, stride kFs
-    uint32_t* cb = reinterpret_cast<uint32_t*>(wv + 64 * kFs);  // class bounds [5]
-    for (uint32_t s0 = 0; s0 < cnt; s0 += 32) {
-      const uint32_t ns = cnt - s0 < 32 ? cnt - s0 : 32;
-      // Every warp sorts the 32 terms into classes itself (ballots; no barrier before the fill);
-      // thread 0 publishes the class bounds for the sums (read after the fill's barrier).
-      const unsigned lane = tid & 31;
-      uint32_t cls = 4, lid = 0;
-      if (lane < ns) {
-        lid = sel_idx[s0 + lane];
-        cls = (((lid >> 6) & 1u) << 1) | (lid & 1u);
-      }
-      uint32_t base = 0, lslot = 0;
-#pragma unroll
-      for (uint32_t q = 0; q < 4; ++q) {
-        const uint32_t m = __ballot_sync(0xffffffffu, cls == q);
-        if (cls == q) lslot = base + __popc(m & ((1u << lane) - 1u));
-        if (tid == 0) cb[q] = base;
-        base += __popc(m);
-      }
-      if (tid == 0) cb[4] = base;
-      for (uint32_t e = tid; e < 32 * ns; e += kThreads) {  // warp-uniform: s is the same in a warp
-        const uint32_t s = e >> 5, i = e & 31;
-        const uint32_t id = __shfl_sync(0xffffffffu, lid, s), slot = __shfl_sync(0xffffffffu, lslot, s);
-        W[i * kFs + slot] = __fmul_rn(__ldg(p.b1t + (id >> 6) * 64 + i), Y[Lay{}.slot(id)]);
-        V[slot * kFs + i] = __ldg(p.b2t + (id & 63) * 64 + i);
-      }
-      __syncthreads();
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const uint32_t end = cb[q + 1];
-        for (uint32_t slot = cb[q]; slot < end; ++slot) {
-          const float w = W[r * kFs + slot];
-          const float4 Vv = *reinterpret_cast<const float4*>(&V[slot * kFs + 4 * c]);
-          gq[q][0] = __fmaf_rn(w, Vv.x, gq[q][0]);
-          gq[q][1] = __fmaf_rn(w, Vv.y, gq[q][1]);
-          gq[q][2] = __fmaf_rn(w, Vv.z, gq[q][2]);
-          gq[q][3] = __fmaf_rn(w, Vv.w, gq[q][3]);
-        }
-      }
-      __syncthreads();
-    }
+      const uint32_t cnt = transform_select_ffma(sm, p.k, out_idx);
+      values_feedback_block(p, R, ch, sm.xf, out_idx, cnt, sm.sel, Quad64{}, sm.t, r, c, gq);
     }
     // Unless kept, the momentum again from the same inputs (still in L2): the same bits as before.
     if constexpr (!KeepX) momentum_mirrors(p, R, o0, o1, c, x);

@@ -295,6 +295,18 @@ struct StreamN {
       store4_bf16((idx < F ? t0 : t1) + at + ii * RP * (D + 8), r[i]);
     }
   }
+  // Pipeline slot s of a loop over tiles of R rows: stores piece s of the next tile into t0/t1 (if
+  // has_next) and loads the piece after it, piece 0 of the tile after next (rows next_row + R) at
+  // the last slot (if has_after).
+  __device__ __forceinline__ void advance(int s, bool has_next, bool has_after, bf16* t0, bf16* t1, const float* g0,
+                                          const float* g1, int64_t ld, int next_row, int T, int tid) {
+    if (has_next) store(s, t0, t1, tid);
+    if (s + 1 < NP) {
+      if (has_next) load(s + 1, g0, g1, ld, next_row, T, tid);
+    } else if (has_after) {
+      load(0, g0, g1, ld, next_row + R, T, tid);
+    }
+  }
 };
 template <int R, int D, int PFMAX, int NT = kThreads>
 using Stream2 = StreamN<2, R, D, PFMAX, NT>;
@@ -466,14 +478,7 @@ __global__ void __launch_bounds__(32 * NW, MINB)
     bf16* nK = sK + ((j + 1) & 1) * BN * SD;
     bf16* nV = sV + ((j + 1) & 1) * BN * SD;
     const bool has1 = j + 1 < ntiles, has2 = j + 2 < ntiles;
-    auto slot = [&](int s) {
-      if (has1) st.store(s, nK, nV, tid);
-      if (s + 1 < NP) {
-        if (has1) st.load(s + 1, gk, gv, ld, key0 + BN, T, tid);
-      } else if (has2) {
-        st.load(0, gk, gv, ld, key0 + 2 * BN, T, tid);
-      }
-    };
+    auto slot = [&](int s) { st.advance(s, has1, has2, nK, nV, gk, gv, ld, key0 + BN, T, tid); };
 
     if (key0 <= wq0 + 15) {
       // S = Q K^T for the warp's 16 rows and the tile's BN keys.
@@ -673,17 +678,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     const float* tL = sL + buf * BM;
     const float* tD = sD + buf * BM;
     const bool has1 = i + 1 < nqt, has2 = i + 2 < nqt;
+    // The rows' vectors (lse, D) travel with piece 0: stored at slot 0, loaded at the last slot
+    // (store_vec before load_vec, which reuses its registers, also when that is one slot).
     auto slot = [&](int s) {
-      if (has1) {
-        st.store(s, sQ + (buf ^ 1) * BM * SD, sO + (buf ^ 1) * BM * SD, tid);
-        if (s == 0) store_vec(buf ^ 1);
-      }
-      if (s + 1 < NP) {
-        if (has1) st.load(s + 1, gq, go, ld, qt0 + BM, T, tid);
-      } else if (has2) {
-        st.load(0, gq, go, ld, qt0 + 2 * BM, T, tid);
-        load_vec(qt0 + 2 * BM);
-      }
+      st.advance(s, has1, has2, sQ + (buf ^ 1) * BM * SD, sO + (buf ^ 1) * BM * SD, gq, go, ld, qt0 + BM, T, tid);
+      if (has1 && s == 0) store_vec(buf ^ 1);
+      if (has2 && s + 1 == NP) load_vec(qt0 + 2 * BM);
     };
 
     // Phase 1: S^T, dP^T for keys key0 + 16 kw.. and queries qt0 + QW qw.., then P^T, dS^T.
@@ -851,14 +851,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     bf16* nK = sK + ((j + 1) & 1) * BN * SD;
     bf16* nV = sV + ((j + 1) & 1) * BN * SD;
     const bool has1 = j + 1 < ntiles, has2 = j + 2 < ntiles;
-    auto slot = [&](int s) {
-      if (has1) st.store(s, nK, nV, tid);
-      if (s + 1 < NP) {
-        if (has1) st.load(s + 1, gk, gv, ld, key0 + BN, T, tid);
-      } else if (has2) {
-        st.load(0, gk, gv, ld, key0 + 2 * BN, T, tid);
-      }
-    };
+    auto slot = [&](int s) { st.advance(s, has1, has2, nK, nV, gk, gv, ld, key0 + BN, T, tid); };
 
     if (key0 <= wq0 + 15) {
       float sc[BN / 8][4], dp[BN / 8][4];
@@ -995,14 +988,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     bf16* nK = sK + ((j + 1) & 1) * KT * SD;
     const bool has1 = j + 1 < ntiles, has2 = j + 2 < ntiles;
     if (has1) fetch_ds(j + 1, sS + ((j + 1) & 1) * KT * SQ);
-    auto slot = [&](int s) {
-      if (has1) st.store(s, nK, nK, tid);
-      if (s + 1 < NP) {
-        if (has1) st.load(s + 1, gk, gk, ld, key0 + KT, T, tid);
-      } else if (has2) {
-        st.load(0, gk, gk, ld, key0 + 2 * KT, T, tid);
-      }
-    };
+    auto slot = [&](int s) { st.advance(s, has1, has2, nK, nK, gk, gk, ld, key0 + KT, T, tid); };
     if (key0 <= wq0 + 16 * MT - 1) {
 #pragma unroll
       for (int ks = 0; ks < KB; ++ks) {
