@@ -54,6 +54,15 @@ __device__ __forceinline__ uint32_t mag_key(float y) {
   return b <= kInfBits ? b : 0u;
 }
 
+// acc[b] += a * B.b for the four components: one row of a 4x4 register tile, float32 with
+// explicit roundings.
+__device__ __forceinline__ void fma4(float (&acc)[4], float a, const float4& B) {
+  acc[0] = __fmaf_rn(a, B.x, acc[0]);
+  acc[1] = __fmaf_rn(a, B.y, acc[1]);
+  acc[2] = __fmaf_rn(a, B.z, acc[2]);
+  acc[3] = __fmaf_rn(a, B.w, acc[3]);
+}
+
 __device__ __forceinline__ float comp(const float4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
@@ -436,13 +445,7 @@ __global__ void __launch_bounds__(kThreads, 3) compress64_kernel(const __grid_co
       for (int jj = 0; jj < 4; ++jj) {
         const float4 B = *reinterpret_cast<const float4*>(&sm.b[(j0 + jj) * 64 + 4 * tx]);
 #pragma unroll
-        for (int a = 0; a < 4; ++a) {
-          const float av = comp(A[a], jj);
-          acc[a][0] = __fmaf_rn(av, B.x, acc[a][0]);
-          acc[a][1] = __fmaf_rn(av, B.y, acc[a][1]);
-          acc[a][2] = __fmaf_rn(av, B.z, acc[a][2]);
-          acc[a][3] = __fmaf_rn(av, B.w, acc[a][3]);
-        }
+        for (int a = 0; a < 4; ++a) fma4(acc[a], comp(A[a], jj), B);
       }
     }
 #pragma unroll
@@ -461,13 +464,7 @@ __global__ void __launch_bounds__(kThreads, 3) compress64_kernel(const __grid_co
       const float4 A = *reinterpret_cast<const float4*>(&sm.b[i * 64 + 4 * ty]);
       const float4 B = *reinterpret_cast<const float4*>(&sm.t1[i * 64 + 4 * tx]);
 #pragma unroll
-      for (int a = 0; a < 4; ++a) {
-        const float av = comp(A, a);
-        acc[a][0] = __fmaf_rn(av, B.x, acc[a][0]);
-        acc[a][1] = __fmaf_rn(av, B.y, acc[a][1]);
-        acc[a][2] = __fmaf_rn(av, B.z, acc[a][2]);
-        acc[a][3] = __fmaf_rn(av, B.w, acc[a][3]);
-      }
+      for (int a = 0; a < 4; ++a) fma4(acc[a], comp(A, a), B);
     }
     float* Y = sm.xs;
 #pragma unroll
@@ -513,13 +510,7 @@ __global__ void __launch_bounds__(kThreads, 3) compress64_kernel(const __grid_co
         for (int ss = 0; ss < 4; ++ss) {
           const float4 B = *reinterpret_cast<const float4*>(&V[(s4 + ss) * 64 + 4 * tx]);
 #pragma unroll
-          for (int a = 0; a < 4; ++a) {
-            const float av = comp(A[a], ss);
-            fb[a][0] = __fmaf_rn(av, B.x, fb[a][0]);
-            fb[a][1] = __fmaf_rn(av, B.y, fb[a][1]);
-            fb[a][2] = __fmaf_rn(av, B.z, fb[a][2]);
-            fb[a][3] = __fmaf_rn(av, B.w, fb[a][3]);
-          }
+          for (int a = 0; a < 4; ++a) fma4(fb[a], comp(A[a], ss), B);
         }
       }
       __syncthreads();
@@ -778,17 +769,11 @@ __device__ __forceinline__ void select_in_warps(const CompressLaunch& p, const C
     const uint32_t f1 = sid >> 6, f2 = sid & 63;
     const float w = __fmul_rn(__ldg(p.b1t + f1 * 64 + r), Y[lay.slot(sid)]);
     const float4 v = __ldg(reinterpret_cast<const float4*>(p.b2t + f2 * 64 + 4 * c));
-    const auto add = [&](float (&g)[4]) {
-      g[0] = __fmaf_rn(w, v.x, g[0]);
-      g[1] = __fmaf_rn(w, v.y, g[1]);
-      g[2] = __fmaf_rn(w, v.z, g[2]);
-      g[3] = __fmaf_rn(w, v.w, g[3]);
-    };
     switch (((f1 & 1u) << 1) | (f2 & 1u)) {
-      case 0: add(gq[0]); break;
-      case 1: add(gq[1]); break;
-      case 2: add(gq[2]); break;
-      default: add(gq[3]); break;
+      case 0: fma4(gq[0], w, v); break;
+      case 1: fma4(gq[1], w, v); break;
+      case 2: fma4(gq[2], w, v); break;
+      default: fma4(gq[3], w, v); break;
     }
   }
 }
@@ -819,13 +804,7 @@ __device__ __forceinline__ uint32_t transform_select_ffma(SmemF& sm, uint32_t k,
       for (int jj = 0; jj < 4; ++jj) {
         const float4 B = *reinterpret_cast<const float4*>(&Bq[(j0 + jj) * 32 + 4 * qx]);
 #pragma unroll
-        for (int a = 0; a < 4; ++a) {
-          const float av = comp(A[a], jj);
-          acc[a][0] = __fmaf_rn(av, B.x, acc[a][0]);
-          acc[a][1] = __fmaf_rn(av, B.y, acc[a][1]);
-          acc[a][2] = __fmaf_rn(av, B.z, acc[a][2]);
-          acc[a][3] = __fmaf_rn(av, B.w, acc[a][3]);
-        }
+        for (int a = 0; a < 4; ++a) fma4(acc[a], comp(A[a], jj), B);
       }
     }
     float* T = sm.t + quad * 1024;
@@ -848,13 +827,7 @@ __device__ __forceinline__ uint32_t transform_select_ffma(SmemF& sm, uint32_t k,
       const float4 A = *reinterpret_cast<const float4*>(&Bp[i * 32 + 4 * qy]);
       const float4 B = *reinterpret_cast<const float4*>(&T[i * 32 + 4 * qx]);
 #pragma unroll
-      for (int a = 0; a < 4; ++a) {
-        const float av = comp(A, a);
-        acc[a][0] = __fmaf_rn(av, B.x, acc[a][0]);
-        acc[a][1] = __fmaf_rn(av, B.y, acc[a][1]);
-        acc[a][2] = __fmaf_rn(av, B.z, acc[a][2]);
-        acc[a][3] = __fmaf_rn(av, B.w, acc[a][3]);
-      }
+      for (int a = 0; a < 4; ++a) fma4(acc[a], comp(A, a), B);
     }
   }
   float* Y = sm.xf;
@@ -934,10 +907,7 @@ __device__ __forceinline__ void values_feedback_block(const CompressLaunch& p, c
       for (uint32_t slot = cb[q]; slot < end; ++slot) {
         const float w = W[r * kFs + slot];
         const float4 Vv = *reinterpret_cast<const float4*>(&V[slot * kFs + 4 * c]);
-        gq[q][0] = __fmaf_rn(w, Vv.x, gq[q][0]);
-        gq[q][1] = __fmaf_rn(w, Vv.y, gq[q][1]);
-        gq[q][2] = __fmaf_rn(w, Vv.z, gq[q][2]);
-        gq[q][3] = __fmaf_rn(w, Vv.w, gq[q][3]);
+        fma4(gq[q], w, Vv);
       }
     }
     __syncthreads();
