@@ -45,6 +45,21 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
 #endif
 }
 
+// g[d] += w * b2.d in 64 bits for the four components (w = v * B1, which fits in 32 bits when
+// |v| <= 65535); madd4_wide for any int32 v: g[d] += v * (B1 * B2.d), the basis product in 32 bits.
+__device__ __forceinline__ void madd4(long long (&g)[4], int32_t w, const int4& b2) {
+  g[0] += (long long)w * b2.x;
+  g[1] += (long long)w * b2.y;
+  g[2] += (long long)w * b2.z;
+  g[3] += (long long)w * b2.w;
+}
+__device__ __forceinline__ void madd4_wide(long long (&g)[4], long long v, int32_t b1, const int4& b2) {
+  g[0] += v * (b1 * b2.x);
+  g[1] += v * (b1 * b2.y);
+  g[2] += v * (b1 * b2.z);
+  g[3] += v * (b1 * b2.w);
+}
+
 __device__ __forceinline__ int sign_of(long long u) { return (u > 0) - (u < 0); }
 
 // Entries [o, o + u) of chunk c of a run, clamped to a sane range.
@@ -109,10 +124,7 @@ __global__ void __launch_bounds__(kThreads, 4) apply64_kernel(const __grid_const
 #pragma unroll
           for (int a = 0; a < 4; ++a) {
             const int32_t w = v * sm.bt[f1 * 64 + ty + 16 * a];
-            acc[a][0] += (long long)w * b2.x;
-            acc[a][1] += (long long)w * b2.y;
-            acc[a][2] += (long long)w * b2.z;
-            acc[a][3] += (long long)w * b2.w;
+            madd4(acc[a], w, b2);
           }
         }
       } else {
@@ -124,10 +136,7 @@ __global__ void __launch_bounds__(kThreads, 4) apply64_kernel(const __grid_const
 #pragma unroll
           for (int a = 0; a < 4; ++a) {
             const int32_t b1 = sm.bt[f1 * 64 + ty + 16 * a];
-            acc[a][0] += (long long)v * (b1 * b2.x);
-            acc[a][1] += (long long)v * (b1 * b2.y);
-            acc[a][2] += (long long)v * (b1 * b2.z);
-            acc[a][3] += (long long)v * (b1 * b2.w);
+            madd4_wide(acc[a], v, b1, b2);
           }
         }
       }
@@ -273,10 +282,7 @@ __global__ void __launch_bounds__(kThreads, 4) apply64f_kernel(const __grid_cons
               const uint32_t id = sm.eidx[q][s];
               const int32_t w = sm.eval[q][s] * sm.bt[(id >> 6) * 64 + r];
               const int4 b2 = *reinterpret_cast<const int4*>(&sm.bt[(id & 63) * 64 + 4 * c]);
-              g[q][0] += (long long)w * b2.x;
-              g[q][1] += (long long)w * b2.y;
-              g[q][2] += (long long)w * b2.z;
-              g[q][3] += (long long)w * b2.w;
+              madd4(g[q], w, b2);
             }
           } else {
             for (uint32_t s = 0; s < n; ++s) {
@@ -284,10 +290,7 @@ __global__ void __launch_bounds__(kThreads, 4) apply64f_kernel(const __grid_cons
               const long long v = sm.eval[q][s];
               const int32_t b1 = sm.bt[(id >> 6) * 64 + r];
               const int4 b2 = *reinterpret_cast<const int4*>(&sm.bt[(id & 63) * 64 + 4 * c]);
-              g[q][0] += v * (b1 * b2.x);
-              g[q][1] += v * (b1 * b2.y);
-              g[q][2] += v * (b1 * b2.z);
-              g[q][3] += v * (b1 * b2.w);
+              madd4_wide(g[q], v, b1, b2);
             }
           }
         }
