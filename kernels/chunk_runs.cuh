@@ -16,12 +16,32 @@ __device__ __forceinline__ uint32_t run_of(const Run* run, uint32_t runs, uint64
   return t;
 }
 
-// The first element of chunk c of a run (as chunk_origin in optim/dct.hpp). 32-bit divisions: a
-// run has fewer than 2^32 chunks, and 64-bit ones cost about a hundred instructions each.
+// The first element of chunk c of a run (as chunk_origin in optim/dct.hpp). With R = c / col_blocks
+// the chunk's row of blocks counted over all batch entries (consecutive entries are contiguous),
+// origin = c n2 + R (n1 - 1) cols: one division, by multiplication (ChunkRun::div_mul; c < 2^31).
 __device__ __forceinline__ uint64_t chunk_origin(const ChunkRun& r, uint32_t n1, uint32_t n2, uint32_t c) {
-  const uint32_t b = c / r.batch_chunks, rem = c - b * r.batch_chunks;
-  const uint32_t rb = rem / r.col_blocks, cb = rem - rb * r.col_blocks;
-  return uint64_t(b) * r.batch_chunks * (n1 * n2) + uint64_t(rb) * n1 * r.cols + uint64_t(cb) * n2;
+  const uint32_t R = uint32_t((uint64_t(c) * r.div_mul) >> r.div_shift);
+  return uint64_t(c) * n2 + uint64_t(R) * ((n1 - 1) * r.cols);
+}
+
+// A hint: bring the line holding p into L2 (no register, no wait).
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#else
+  (void)p;
+#endif
+}
+
+// Hints the lines of a 64x64 chunk at origin (row stride cols) of a and, unless null, b into L2:
+// threads 0..127 of the block issue one hint per 128-byte line of each (row tid / 2, half tid % 2),
+// not one per thread and 16-byte piece.
+__device__ __forceinline__ void prefetch_chunk64_l2(const float* a, const float* b, uint64_t origin, uint64_t cols) {
+  const unsigned tid = threadIdx.x;
+  if (tid >= 128) return;
+  const uint64_t at = origin + uint64_t(tid >> 1) * cols + 32 * (tid & 1);
+  prefetch_l2(a + at);
+  if (b) prefetch_l2(b + at);
 }
 
 }  // namespace distro::cuda

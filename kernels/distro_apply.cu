@@ -36,15 +36,6 @@ __device__ __forceinline__ float apply_element(float theta, float decay, float l
   return t;
 }
 
-// A hint: bring the line holding p into L2 (no register, no wait).
-__device__ __forceinline__ void prefetch_l2(const void* p) {
-#if defined(__CUDA_ARCH__)
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-#else
-  (void)p;
-#endif
-}
-
 // g[d] += w * b2.d in 64 bits for the four components (w = v * B1, which fits in 32 bits when
 // |v| <= 65535); madd4_wide for any int32 v: g[d] += v * (B1 * B2.d), the basis product in 32 bits.
 __device__ __forceinline__ void madd4(long long (&g)[4], int32_t w, const int4& b2) {
@@ -93,8 +84,7 @@ __global__ void __launch_bounds__(kThreads, 4) apply64_kernel(const __grid_const
     const uint32_t c = uint32_t(g - R.at.begin);
     // The parameters are fetched into L2 now, so that the loads after the integer work hit it.
     const uint64_t origin = chunk_origin(R.at, 64, 64, c), cols = R.at.cols;
-#pragma unroll
-    for (int a = 0; a < 4; ++a) prefetch_l2(R.params + origin + uint64_t(ty + 16 * a) * cols + 4 * tx);
+    prefetch_chunk64_l2(R.params, nullptr, origin, cols);
     uint32_t o, u;
     chunk_entries(R, c, o, u);
     long long acc[4][4];
@@ -245,8 +235,7 @@ __global__ void __launch_bounds__(kThreads, 4) apply64f_kernel(const __grid_cons
       const uint32_t ch = uint32_t(gi - R.at.begin);
       const uint64_t cols = R.at.cols, origin = chunk_origin(R.at, 64, 64, ch);
       const uint64_t o0 = origin + uint64_t(r) * cols, o1 = origin + uint64_t(63 - r) * cols;
-      prefetch_l2(R.params + o0 + 4 * c), prefetch_l2(R.params + o0 + 60 - 4 * c);
-      prefetch_l2(R.params + o1 + 4 * c), prefetch_l2(R.params + o1 + 60 - 4 * c);
+      prefetch_chunk64_l2(R.params, nullptr, origin, cols);
       // The entries: staged at sb, or (a big chunk) at o in global memory.
       const uint32_t sb = sm.sbeg[j], u = sm.sbeg[j + 1] - sb, o = sm.so[j];
       long long g[4][4];

@@ -36,15 +36,6 @@ __device__ __forceinline__ float momentum(float beta, float d, float lr, float g
   return __fadd_rn(__fmul_rn(beta, d), __fmul_rn(lr, g));
 }
 
-// A hint: bring the line holding p into L2 (no register, no wait).
-__device__ __forceinline__ void prefetch_l2(const void* p) {
-#if defined(__CUDA_ARCH__)
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-#else
-  (void)p;
-#endif
-}
-
 __device__ __forceinline__ bool finite_bits(float x) { return (__float_as_uint(x) & kInfBits) != kInfBits; }
 
 // Selection key of a coefficient: the bits of |y| (monotone in |y|), 0 for zeros and NaN (never
@@ -406,12 +397,7 @@ __global__ void __launch_bounds__(kThreads, 3) compress64_kernel(const __grid_co
 
     if (g + gridDim.x < p.chunks) {  // the next chunk's inputs into L2 meanwhile
       const CompressRun& N = p.run[run_of(p.run, p.runs, g + gridDim.x, t)];
-      const uint64_t nx = chunk_origin(N.at, 64, 64, uint32_t(g + gridDim.x - N.at.begin));
-#pragma unroll
-      for (int a = 0; a < 4; ++a) {
-        prefetch_l2(N.grad + nx + uint64_t(ty + 16 * a) * N.at.cols + 4 * tx);
-        prefetch_l2(N.delta + nx + uint64_t(ty + 16 * a) * N.at.cols + 4 * tx);
-      }
+      prefetch_chunk64_l2(N.grad, N.delta, chunk_origin(N.at, 64, 64, uint32_t(g + gridDim.x - N.at.begin)), N.at.cols);
     }
 
     // 1. Momentum, kept in registers until the feedback.
@@ -729,16 +715,26 @@ __device__ __forceinline__ void momentum_mirrors(const CompressLaunch& p, const 
   }
 }
 
+// B[2 i2][f] and B[2 i2 + 1][f] (i2 < 16, f < 64) from MmaFrag: big + small gives back the
+// float32 basis exactly (split_tf32's rest is exact), so the feedback reads the basis from shared
+// memory instead of a round trip to L2 per term (the table in the read-only cache does not survive
+// the streaming loads).
+__device__ __forceinline__ float2 frag_basis_pair(const float4* frag, uint32_t i2, uint32_t f) {
+  const uint32_t par = f & 1, m = f >> 1, s = i2 >> 2, t = i2 & 3, n = m >> 3, g = m & 7;
+  const float4 e = frag[((par * 4 + s) * 4 + n) * 32 + 4 * g + t];
+  return make_float2(__fadd_rn(e.x, e.z), __fadd_rn(e.y, e.w));
+}
+
 // The end of a chunk's selection when it has C <= 32 candidates (the usual case for small k), in
 // every warp at once and without a barrier: each warp ranks the candidates itself (rank_few), warp
 // 0 writes the indices, values and count, and every thread adds the selected coefficients' terms
 // to its feedback sums gq (as the folded kernel's feedback loop, thread (r, c), but with the basis
-// read through the cache and the terms in index order, each to its parity class by a warp-uniform
-// switch).
+// read from the fragment table and the terms in index order, each to its parity class by a
+// warp-uniform switch).
 template <class Layout>
 __device__ __forceinline__ void select_in_warps(const CompressLaunch& p, const CompressRun& R, uint32_t ch,
                                                 const float* Y, uint32_t C, const SelectSmem& s, Layout lay,
-                                                unsigned r, unsigned c, float (&gq)[4][4]) {
+                                                const float4* frag, unsigned r, unsigned c, float (&gq)[4][4]) {
   const unsigned lane = threadIdx.x & 31;
   const uint32_t keff = p.k < C ? p.k : C;
   uint32_t id = 0, pos = 0;
@@ -767,8 +763,10 @@ __device__ __forceinline__ void select_in_warps(const CompressLaunch& p, const C
     const uint32_t holder = __ffs(__ballot_sync(0xffffffffu, sel && pos == q)) - 1;
     const uint32_t sid = __shfl_sync(0xffffffffu, id, holder);
     const uint32_t f1 = sid >> 6, f2 = sid & 63;
-    const float w = __fmul_rn(__ldg(p.b1t + f1 * 64 + r), Y[lay.slot(sid)]);
-    const float4 v = __ldg(reinterpret_cast<const float4*>(p.b2t + f2 * 64 + 4 * c));
+    const float2 wp = frag_basis_pair(frag, r >> 1, f1);
+    const float2 v0 = frag_basis_pair(frag, 2 * c, f2), v1 = frag_basis_pair(frag, 2 * c + 1, f2);
+    const float w = __fmul_rn((r & 1) ? wp.y : wp.x, Y[lay.slot(sid)]);
+    const float4 v = make_float4(v0.x, v0.y, v1.x, v1.y);
     switch (((f1 & 1u) << 1) | (f2 & 1u)) {
       case 0: fma4(gq[0], w, v); break;
       case 1: fma4(gq[1], w, v); break;
@@ -952,12 +950,7 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
     // The next chunk's gradient and momentum are fetched into L2 while this one is computed.
     if (g + gridDim.x < p.chunks) {
       const CompressRun& N = p.run[run_of(p.run, p.runs, g + gridDim.x, t)];
-      const uint64_t nx = chunk_origin(N.at, 64, 64, uint32_t(g + gridDim.x - N.at.begin));
-      const uint64_t n0 = nx + uint64_t(r) * N.at.cols, n1 = nx + uint64_t(63 - r) * N.at.cols;
-      prefetch_l2(N.grad + n0 + 4 * c), prefetch_l2(N.grad + n0 + 60 - 4 * c);
-      prefetch_l2(N.grad + n1 + 4 * c), prefetch_l2(N.grad + n1 + 60 - 4 * c);
-      prefetch_l2(N.delta + n0 + 4 * c), prefetch_l2(N.delta + n0 + 60 - 4 * c);
-      prefetch_l2(N.delta + n1 + 4 * c), prefetch_l2(N.delta + n1 + 60 - 4 * c);
+      prefetch_chunk64_l2(N.grad, N.delta, chunk_origin(N.at, 64, 64, uint32_t(g + gridDim.x - N.at.begin)), N.at.cols);
     }
 
     // 1. Momentum, folded into the four quadrants.
@@ -1027,7 +1020,7 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
       };
       const uint32_t C = gather_candidates(p.k, sm.sel, QuadT{}, own_regs, own_smem);
       if (C <= 32) {
-        select_in_warps(p, R, ch, Y, C, sm.sel, QuadT{}, r, c, gq);
+        select_in_warps(p, R, ch, Y, C, sm.sel, QuadT{}, sm.frag, r, c, gq);
       } else {
         // W and V go where X^{pq} was (Y is elsewhere in this kernel).
         const uint32_t cnt = rank_candidates(Y, 64 * 64, p.k, C, sm.sel, out_idx, QuadT{});

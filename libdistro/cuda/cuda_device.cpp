@@ -247,13 +247,13 @@ cuda::ChunkRun checked_run(const TensorPlan* p, const std::string& dev, const ch
   if (p->rows % p->n1 != 0 || p->cols % p->n2 != 0 || p->batch * p->rows * p->cols != p->numel ||
       p->chunks != p->batch * (p->rows / p->n1) * (p->cols / p->n2))
     fail(Code::invalid_argument, where + "the chunk plan does not tile its shape");
-  if (p->chunks > UINT32_MAX)
-    fail(Code::unsupported, where + std::to_string(p->chunks) + " chunks; this device takes at most 2^32 - 1 per tensor");
+  if (p->chunks > INT32_MAX)
+    fail(Code::unsupported, where + std::to_string(p->chunks) + " chunks; this device takes at most 2^31 - 1 per tensor");
   cuda::ChunkRun r;
   r.cols = p->cols;
   r.chunks = uint32_t(p->chunks);
   r.col_blocks = uint32_t(p->cols / p->n2);
-  r.batch_chunks = uint32_t((p->rows / p->n1) * (p->cols / p->n2));
+  cuda::fast_division(r.col_blocks, r.div_mul, r.div_shift);
   return r;
 }
 

@@ -62,8 +62,20 @@ struct ChunkRun {
   uint64_t cols = 1;           // elements per row; cols % n2 == 0
   uint32_t chunks = 0;         // >= 1
   uint32_t col_blocks = 1;     // cols / n2
-  uint32_t batch_chunks = 1;   // chunks per batch entry: (rows / n1) * col_blocks
+  // c / col_blocks = (c * div_mul) >> div_shift for every c < 2^31 (fast_division below), so a
+  // kernel finds a chunk's row of blocks without a division (about 20 dependent instructions).
+  uint32_t div_mul = 1u << 31, div_shift = 31;
 };
+
+// The multiplier and shift of ChunkRun for divisor d >= 1: shift = 31 + ceil(log2 d),
+// mul = ceil(2^shift / d) < 2^32. With e = mul d - 2^shift in [0, d) and c < 2^31,
+// c mul / 2^shift = c / d + c e / (d 2^shift) and c e < 2^shift, so the floor is exactly c / d.
+inline void fast_division(uint32_t d, uint32_t& mul, uint32_t& shift) {
+  uint32_t l = 0;
+  while ((uint64_t(1) << l) < d) ++l;
+  shift = 31 + l;
+  mul = uint32_t(((uint64_t(1) << shift) + d - 1) / d);
+}
 
 // One tensor of a compress (CompressArgs in backend/device.hpp).
 struct CompressRun {

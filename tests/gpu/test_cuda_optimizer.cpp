@@ -159,6 +159,32 @@ std::vector<Case> cases() {
 
 // ---------------------------------------------------------------------------------------------
 
+// The kernels find a chunk's row of blocks as (c * div_mul) >> div_shift (ChunkRun): exact for
+// every c < 2^31, which checked_run guarantees per tensor.
+TEST_CASE("cuda optimizer: the chunk runs' division by multiplication is exact", "[cuda][optimizer]") {
+  std::mt19937_64 rng(std::random_device{}());
+  const uint64_t seed = rng();
+  INFO("seed " << seed);
+  rng.seed(seed);
+  std::vector<uint32_t> divisors;
+  for (uint32_t d = 1; d <= 4096; ++d) divisors.push_back(d);
+  for (uint32_t l = 12; l < 31; ++l)
+    for (uint32_t d : {(1u << l) - 1, 1u << l, (1u << l) + 1, uint32_t(rng() % (1u << l)) | (1u << l)}) divisors.push_back(d);
+  divisors.push_back(0x7FFFFFFFu);
+  for (uint32_t d : divisors) {
+    uint32_t mul = 0, shift = 0;
+    cuda::fast_division(d, mul, shift);
+    std::vector<uint32_t> cs = {0, 1, d - 1, d, 0x7FFFFFFFu, 0x7FFFFFFFu - 1, 0x7FFFFFFFu / d * d, 0x7FFFFFFFu / d * d - 1};
+    for (int i = 0; i < 64; ++i) cs.push_back(uint32_t(rng() & 0x7FFFFFFFu));
+    for (uint32_t c : cs) {
+      if (c > 0x7FFFFFFFu) continue;  // d - 1 or a product minus one wrapped below zero
+      const uint32_t q = uint32_t((uint64_t(c) * mul) >> shift);
+      if (q != c / d) FAIL("d " << d << " c " << c << ": " << q << " != " << c / d);
+    }
+  }
+  SUCCEED("all divisors exact");
+}
+
 TEST_CASE("cuda optimizer: apply is bit-identical to the CPU", "[cuda][optimizer][apply]") {
   auto gpu = open_gpu();
   CpuDevice cpu(2);
