@@ -18,10 +18,9 @@ __device__ __forceinline__ uint32_t run_of(const Run* run, uint32_t runs, uint64
 
 // The first element of chunk c of a run (as chunk_origin in optim/dct.hpp). With R = c / col_blocks
 // the chunk's row of blocks counted over all batch entries (consecutive entries are contiguous),
-// origin = c n2 + R (n1 - 1) cols: one division, by multiplication (ChunkRun::div_mul; c < 2^31).
+// origin = c n2 + R (n1 - 1) cols: one division, by multiplication (ChunkRun::block_row; c < 2^31).
 __device__ __forceinline__ uint64_t chunk_origin(const ChunkRun& r, uint32_t n1, uint32_t n2, uint32_t c) {
-  const uint32_t R = uint32_t((uint64_t(c) * r.div_mul) >> r.div_shift);
-  return uint64_t(c) * n2 + uint64_t(R) * ((n1 - 1) * r.cols);
+  return uint64_t(c) * n2 + uint64_t(r.block_row(c)) * ((n1 - 1) * r.cols);
 }
 
 // A hint: bring the line holding p into L2 (no register, no wait).

@@ -58,6 +58,44 @@ __device__ __forceinline__ float comp(const float4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
+// The float32 kernels' two 4x4 register-tile products, operands as float4 rows in shared memory.
+// tile_rows: acc[a][b] = sum_{j < K} X[a * XR + j] B[j * BS + b] (four rows of X XR apart).
+template <int K, int XR, int BS>
+__device__ __forceinline__ void tile_rows(float (&acc)[4][4], const float* X, const float* B) {
+#pragma unroll
+  for (int a = 0; a < 4; ++a)
+#pragma unroll
+    for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;
+#pragma unroll 2
+  for (int j0 = 0; j0 < K; j0 += 4) {
+    float4 A[4];
+#pragma unroll
+    for (int a = 0; a < 4; ++a) A[a] = *reinterpret_cast<const float4*>(&X[a * XR + j0]);
+#pragma unroll
+    for (int jj = 0; jj < 4; ++jj) {
+      const float4 Bv = *reinterpret_cast<const float4*>(&B[(j0 + jj) * BS]);
+#pragma unroll
+      for (int a = 0; a < 4; ++a) fma4(acc[a], comp(A[a], jj), Bv);
+    }
+  }
+}
+
+// tile_cols: acc[a][b] = sum_{i < K} A[i * S + a] B[i * S + b] (A^T B, both with row stride S).
+template <int K, int S>
+__device__ __forceinline__ void tile_cols(float (&acc)[4][4], const float* A, const float* B) {
+#pragma unroll
+  for (int a = 0; a < 4; ++a)
+#pragma unroll
+    for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;
+#pragma unroll 4
+  for (int i = 0; i < K; ++i) {
+    const float4 Av = *reinterpret_cast<const float4*>(&A[i * S]);
+    const float4 Bv = *reinterpret_cast<const float4*>(&B[i * S]);
+#pragma unroll
+    for (int a = 0; a < 4; ++a) fma4(acc[a], comp(Av, a), Bv);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Per-chunk top-k selection, shared by both kernels. All threads of the block call these
 // functions together (they contain barriers).
@@ -418,22 +456,7 @@ __global__ void __launch_bounds__(kThreads, 3) compress64_kernel(const __grid_co
 
     // 2a. T[i][f] = sum_j X[i][j] B[j][f].
     float acc[4][4];
-#pragma unroll
-    for (int a = 0; a < 4; ++a)
-#pragma unroll
-      for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;
-#pragma unroll 2
-    for (int j0 = 0; j0 < 64; j0 += 4) {
-      float4 A[4];
-#pragma unroll
-      for (int a = 0; a < 4; ++a) A[a] = *reinterpret_cast<const float4*>(&sm.xs[(ty + 16 * a) * kXs + j0]);
-#pragma unroll
-      for (int jj = 0; jj < 4; ++jj) {
-        const float4 B = *reinterpret_cast<const float4*>(&sm.b[(j0 + jj) * 64 + 4 * tx]);
-#pragma unroll
-        for (int a = 0; a < 4; ++a) fma4(acc[a], comp(A[a], jj), B);
-      }
-    }
+    tile_rows<64, 16 * kXs, 64>(acc, sm.xs + ty * kXs, sm.b + 4 * tx);
 #pragma unroll
     for (int a = 0; a < 4; ++a)
       *reinterpret_cast<float4*>(&sm.t1[(ty + 16 * a) * 64 + 4 * tx]) =
@@ -441,17 +464,7 @@ __global__ void __launch_bounds__(kThreads, 3) compress64_kernel(const __grid_co
     __syncthreads();
 
     // 2b. Y[f1][f2] = sum_i B[i][f1] T[i][f2], rows f1 = 4ty + a.
-#pragma unroll
-    for (int a = 0; a < 4; ++a)
-#pragma unroll
-      for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;
-#pragma unroll 4
-    for (int i = 0; i < 64; ++i) {
-      const float4 A = *reinterpret_cast<const float4*>(&sm.b[i * 64 + 4 * ty]);
-      const float4 B = *reinterpret_cast<const float4*>(&sm.t1[i * 64 + 4 * tx]);
-#pragma unroll
-      for (int a = 0; a < 4; ++a) fma4(acc[a], comp(A, a), B);
-    }
+    tile_cols<64, 64>(acc, sm.b + 4 * ty, sm.t1 + 4 * tx);
     float* Y = sm.xs;
 #pragma unroll
     for (int a = 0; a < 4; ++a)
@@ -786,25 +799,8 @@ __device__ __forceinline__ uint32_t transform_select_ffma(SmemF& sm, uint32_t k,
 
   // 2a. T^{pq}[i][m2] = sum_{j < 32} X^{pq}[i][j] B_q[j][m2]; rows i = qy + 8a, columns m2 = 4qx + b.
   float acc[4][4];
-#pragma unroll
-  for (int a = 0; a < 4; ++a)
-#pragma unroll
-    for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;
+  tile_rows<32, 8 * kFs, 32>(acc, sm.xf + (quad * 32 + qy) * kFs, sm.bp + qq * 1024 + 4 * qx);
   {
-    const float* X = sm.xf + quad * 32 * kFs;
-    const float* Bq = sm.bp + qq * 1024;
-#pragma unroll 2
-    for (int j0 = 0; j0 < 32; j0 += 4) {
-      float4 A[4];
-#pragma unroll
-      for (int a = 0; a < 4; ++a) A[a] = *reinterpret_cast<const float4*>(&X[(qy + 8 * a) * kFs + j0]);
-#pragma unroll
-      for (int jj = 0; jj < 4; ++jj) {
-        const float4 B = *reinterpret_cast<const float4*>(&Bq[(j0 + jj) * 32 + 4 * qx]);
-#pragma unroll
-        for (int a = 0; a < 4; ++a) fma4(acc[a], comp(A[a], jj), B);
-      }
-    }
     float* T = sm.t + quad * 1024;
 #pragma unroll
     for (int a = 0; a < 4; ++a)
@@ -813,21 +809,7 @@ __device__ __forceinline__ uint32_t transform_select_ffma(SmemF& sm, uint32_t k,
   __syncthreads();
 
   // 2b. Y^{pq}[m1][m2] = sum_{i < 32} B_p[i][m1] T^{pq}[i][m2]; rows m1 = 4qy + a.
-#pragma unroll
-  for (int a = 0; a < 4; ++a)
-#pragma unroll
-    for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;
-  {
-    const float* Bp = sm.bp + qp * 1024;
-    const float* T = sm.t + quad * 1024;
-#pragma unroll 4
-    for (int i = 0; i < 32; ++i) {
-      const float4 A = *reinterpret_cast<const float4*>(&Bp[i * 32 + 4 * qy]);
-      const float4 B = *reinterpret_cast<const float4*>(&T[i * 32 + 4 * qx]);
-#pragma unroll
-      for (int a = 0; a < 4; ++a) fma4(acc[a], comp(A, a), B);
-    }
-  }
+  tile_cols<32, 32>(acc, sm.bp + qp * 1024 + 4 * qy, sm.t + quad * 1024 + 4 * qx);
   float* Y = sm.xf;
 #pragma unroll
   for (int a = 0; a < 4; ++a)

@@ -62,12 +62,18 @@ struct ChunkRun {
   uint64_t cols = 1;           // elements per row; cols % n2 == 0
   uint32_t chunks = 0;         // >= 1
   uint32_t col_blocks = 1;     // cols / n2
-  // c / col_blocks = (c * div_mul) >> div_shift for every c < 2^31 (fast_division below), so a
-  // kernel finds a chunk's row of blocks without a division (about 20 dependent instructions).
+  // fast_division's constants for col_blocks: a kernel finds a chunk's row of blocks without a
+  // division (about 20 dependent instructions).
   uint32_t div_mul = 1u << 31, div_shift = 31;
+
+  // c / col_blocks, the row of blocks of chunk c < 2^31 counted over all batch entries.
+#if defined(__CUDACC__)
+  __host__ __device__
+#endif
+  uint32_t block_row(uint32_t c) const { return uint32_t((uint64_t(c) * div_mul) >> div_shift); }
 };
 
-// The multiplier and shift of ChunkRun for divisor d >= 1: shift = 31 + ceil(log2 d),
+// The multiplier and shift of ChunkRun::block_row for divisor d >= 1: shift = 31 + ceil(log2 d),
 // mul = ceil(2^shift / d) < 2^32. With e = mul d - 2^shift in [0, d) and c < 2^31,
 // c mul / 2^shift = c / d + c e / (d 2^shift) and c e < 2^shift, so the floor is exactly c / d.
 inline void fast_division(uint32_t d, uint32_t& mul, uint32_t& shift) {

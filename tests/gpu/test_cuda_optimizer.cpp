@@ -159,7 +159,7 @@ std::vector<Case> cases() {
 
 // ---------------------------------------------------------------------------------------------
 
-// The kernels find a chunk's row of blocks as (c * div_mul) >> div_shift (ChunkRun): exact for
+// The kernels find a chunk's row of blocks by ChunkRun::block_row, a multiply and shift: exact for
 // every c < 2^31, which checked_run guarantees per tensor.
 TEST_CASE("cuda optimizer: the chunk runs' division by multiplication is exact", "[cuda][optimizer]") {
   std::mt19937_64 rng(std::random_device{}());
@@ -172,13 +172,13 @@ TEST_CASE("cuda optimizer: the chunk runs' division by multiplication is exact",
     for (uint32_t d : {(1u << l) - 1, 1u << l, (1u << l) + 1, uint32_t(rng() % (1u << l)) | (1u << l)}) divisors.push_back(d);
   divisors.push_back(0x7FFFFFFFu);
   for (uint32_t d : divisors) {
-    uint32_t mul = 0, shift = 0;
-    cuda::fast_division(d, mul, shift);
+    cuda::ChunkRun run;
+    cuda::fast_division(d, run.div_mul, run.div_shift);
     std::vector<uint32_t> cs = {0, 1, d - 1, d, 0x7FFFFFFFu, 0x7FFFFFFFu - 1, 0x7FFFFFFFu / d * d, 0x7FFFFFFFu / d * d - 1};
     for (int i = 0; i < 64; ++i) cs.push_back(uint32_t(rng() & 0x7FFFFFFFu));
     for (uint32_t c : cs) {
       if (c > 0x7FFFFFFFu) continue;  // d - 1 or a product minus one wrapped below zero
-      const uint32_t q = uint32_t((uint64_t(c) * mul) >> shift);
+      const uint32_t q = run.block_row(c);
       if (q != c / d) FAIL("d " << d << " c " << c << ": " << q << " != " << c / d);
     }
   }
@@ -478,6 +478,20 @@ TEST_CASE("cuda optimizer: bad arguments are errors and the device keeps working
     FAIL("compress without a plan succeeded");
   } catch (const Error& e) {
     CHECK(e.code() == Code::invalid_argument);
+  }
+  // 2^31 chunks in one tensor: past what the kernels' chunk arithmetic takes (checked first, before
+  // any buffer).
+  TensorPlan huge = p;
+  huge.cols = 64ull << 31;
+  huge.numel = huge.rows * huge.cols;
+  huge.chunks = 1ull << 31;
+  a.plan = &huge;
+  try {
+    gpu->compress(a);
+    FAIL("compress of 2^31 chunks succeeded");
+  } catch (const Error& e) {
+    CHECK(e.code() == Code::unsupported);
+    CHECK(std::string(e.what()).find("at most 2^31 - 1") != std::string::npos);
   }
   // Still works.
   std::mt19937_64 rng(5);
