@@ -107,13 +107,17 @@ struct Linear {
 };
 
 struct SelectSmem {
-  uint32_t hist[256];
-  uint32_t ckey[kCandCap];
+  union {  // the radix path (more than kCandCap candidates) never reads ckey
+    uint32_t hist[256];
+    uint32_t ckey[kCandCap];
+  };
   uint16_t cidx[kCandCap];
   uint8_t csel[kCandCap];
   uint32_t wtot[kWarps];
   uint32_t word[8];
-  uint16_t osel[kCandCap];  // the selected indices too, when at most kCandCap (selected() below)
+  // The selected indices too, when at most kCandCap (selected() below); in the tensor-core kernel's
+  // per-warp path (no osel there), warp w's list of 32 (select_in_warps).
+  uint16_t osel[kCandCap];
 };
 
 // Where the values and the feedback read a chunk's selected indices: the shared-memory copy when
@@ -603,8 +607,13 @@ struct SmemM {
   // in register order, so that it loads into the four consecutive registers mma takes: fragment
   // ((q * 2 + h) * 4 + s) * 2 + part of lane l, part 0 the big halves, 1 the small ones.
   float4 fraga[2 * 2 * 4 * 2 * 32];
+  float bt[64 * 32];  // bt[f * 32 + i] = B[i][f], i < 32: the per-warp feedback's basis
   SelectSmem sel;
 };
+// Three blocks per SM (the register budget's count, 80 per thread) need three of these and the
+// driver's 1 KiB per block in an SM's 228 KiB (the occupancy this kernel is tuned for).
+static_assert(3 * (sizeof(SmemM) + 1024) <= 228 * 1024, "SmemM too large for 3 blocks per SM");
+static_assert(kCandCap >= kWarps * 32, "osel holds the per-warp lists of select_in_warps");
 
 // big: x rounded to tf32 (its low 13 bits cleared after adding half of that unit, the magnitude
 // rounded half away from zero; two integer operations where cvt.rna.tf32 takes about ten, with
@@ -728,26 +737,20 @@ __device__ __forceinline__ void momentum_mirrors(const CompressLaunch& p, const 
   }
 }
 
-// B[2 i2][f] and B[2 i2 + 1][f] (i2 < 16, f < 64) from MmaFrag: big + small gives back the
-// float32 basis exactly (split_tf32's rest is exact), so the feedback reads the basis from shared
-// memory instead of a round trip to L2 per term (the table in the read-only cache does not survive
-// the streaming loads).
-__device__ __forceinline__ float2 frag_basis_pair(const float4* frag, uint32_t i2, uint32_t f) {
-  const uint32_t par = f & 1, m = f >> 1, s = i2 >> 2, t = i2 & 3, n = m >> 3, g = m & 7;
-  const float4 e = frag[((par * 4 + s) * 4 + n) * 32 + 4 * g + t];
-  return make_float2(__fadd_rn(e.x, e.z), __fadd_rn(e.y, e.w));
-}
-
 // The end of a chunk's selection when it has C <= 32 candidates (the usual case for small k), in
 // every warp at once and without a barrier: each warp ranks the candidates itself (rank_few), warp
 // 0 writes the indices, values and count, and every thread adds the selected coefficients' terms
-// to its feedback sums gq (as the folded kernel's feedback loop, thread (r, c), but with the basis
-// read from the fragment table and the terms in index order, each to its parity class by a
-// warp-uniform switch).
+// to its feedback sums gq (as the folded kernel's feedback loop, thread (r, c)). The warp puts the
+// selected indices in index order in its own list wl (lane p then holds position p's index and
+// coefficient) and walks them one parity class at a time, so the class is a loop constant instead
+// of a branch per term; each sum gq[q] still takes its terms in index order, the same bits as one
+// walk in index order. The basis comes from bt (bt[f * 32 + i] = B[i][f], i < 32): one broadcast
+// read for w, one float4 for v.
 template <class Layout>
 __device__ __forceinline__ void select_in_warps(const CompressLaunch& p, const CompressRun& R, uint32_t ch,
                                                 const float* Y, uint32_t C, const SelectSmem& s, Layout lay,
-                                                const float4* frag, unsigned r, unsigned c, float (&gq)[4][4]) {
+                                                const float* bt, uint16_t* wl, unsigned r, unsigned c,
+                                                float (&gq)[4][4]) {
   const unsigned lane = threadIdx.x & 31;
   const uint32_t keff = p.k < C ? p.k : C;
   uint32_t id = 0, pos = 0;
@@ -770,21 +773,21 @@ __device__ __forceinline__ void select_in_warps(const CompressLaunch& p, const C
     }
     if (lane == 0) R.count[ch] = uint16_t(keff);
   }
-  // In index order (pos): the candidates' order comes from shared-memory atomics and varies from
-  // run to run, and the float sums must not.
-  for (uint32_t q = 0; q < keff; ++q) {
-    const uint32_t holder = __ffs(__ballot_sync(0xffffffffu, sel && pos == q)) - 1;
-    const uint32_t sid = __shfl_sync(0xffffffffu, id, holder);
-    const uint32_t f1 = sid >> 6, f2 = sid & 63;
-    const float2 wp = frag_basis_pair(frag, r >> 1, f1);
-    const float2 v0 = frag_basis_pair(frag, 2 * c, f2), v1 = frag_basis_pair(frag, 2 * c + 1, f2);
-    const float w = __fmul_rn((r & 1) ? wp.y : wp.x, Y[lay.slot(sid)]);
-    const float4 v = make_float4(v0.x, v0.y, v1.x, v1.y);
-    switch (((f1 & 1u) << 1) | (f2 & 1u)) {
-      case 0: fma4(gq[0], w, v); break;
-      case 1: fma4(gq[1], w, v); break;
-      case 2: fma4(gq[2], w, v); break;
-      default: fma4(gq[3], w, v); break;
+  if (sel) wl[pos] = uint16_t(id);
+  __syncwarp();
+  const bool mine = lane < keff;
+  const uint32_t pid = mine ? wl[lane] : 0u;
+  const float py = mine ? Y[lay.slot(pid)] : 0.0f;
+  const uint32_t pcls = ((pid >> 6) & 1u) << 1 | (pid & 1u);
+  // (The next chunk's selection writes wl only past that chunk's barriers.)
+#pragma unroll
+  for (uint32_t q = 0; q < 4; ++q) {
+    for (uint32_t m = __ballot_sync(0xffffffffu, mine && pcls == q); m != 0; m &= m - 1) {
+      const int at = __ffs(m) - 1;
+      const uint32_t sid = __shfl_sync(0xffffffffu, pid, at);
+      const float yv = __shfl_sync(0xffffffffu, py, at);
+      const float w = __fmul_rn(bt[(sid >> 6) * 32 + r], yv);
+      fma4(gq[q], w, *reinterpret_cast<const float4*>(&bt[(sid & 63) * 32 + 4 * c]));
     }
   }
 }
@@ -907,6 +910,7 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
   const unsigned tid = threadIdx.x;
   if constexpr (Mma) {
     fill_mma_frag(sm.frag, sm.fraga, p.b1);
+    for (unsigned e = tid; e < 64 * 32; e += kThreads) sm.bt[e] = __ldg(p.b1 + (e & 31) * 64 + (e >> 5));
   } else {
     for (unsigned e = tid; e < 2 * 32 * 32; e += kThreads) {
       const unsigned par = e >> 10, i = (e >> 5) & 31, m = e & 31;
@@ -1002,7 +1006,7 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
       };
       const uint32_t C = gather_candidates(p.k, sm.sel, QuadT{}, own_regs, own_smem);
       if (C <= 32) {
-        select_in_warps(p, R, ch, Y, C, sm.sel, QuadT{}, sm.frag, r, c, gq);
+        select_in_warps(p, R, ch, Y, C, sm.sel, QuadT{}, sm.bt, sm.sel.osel + 32 * (tid >> 5), r, c, gq);
       } else {
         // W and V go where X^{pq} was (Y is elsewhere in this kernel).
         const uint32_t cnt = rank_candidates(Y, 64 * 64, p.k, C, sm.sel, out_idx, QuadT{});
@@ -1024,10 +1028,11 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
       out[2][d] = __fsub_rn(x[2][d], __fadd_rn(e, f));
       out[3][d] = __fsub_rn(x[3][d], __fsub_rn(e, f));
     }
-    *reinterpret_cast<float4*>(R.delta + o0 + 4 * c) = f4(out[0][0], out[0][1], out[0][2], out[0][3]);
-    *reinterpret_cast<float4*>(R.delta + o0 + 60 - 4 * c) = f4(out[1][3], out[1][2], out[1][1], out[1][0]);
-    *reinterpret_cast<float4*>(R.delta + o1 + 4 * c) = f4(out[2][0], out[2][1], out[2][2], out[2][3]);
-    *reinterpret_cast<float4*>(R.delta + o1 + 60 - 4 * c) = f4(out[3][3], out[3][2], out[3][1], out[3][0]);
+    // __stwb: a plain store, but one 16-byte one (NVVM had split two of these into four each).
+    __stwb(reinterpret_cast<float4*>(R.delta + o0 + 4 * c), f4(out[0][0], out[0][1], out[0][2], out[0][3]));
+    __stwb(reinterpret_cast<float4*>(R.delta + o0 + 60 - 4 * c), f4(out[1][3], out[1][2], out[1][1], out[1][0]));
+    __stwb(reinterpret_cast<float4*>(R.delta + o1 + 4 * c), f4(out[2][0], out[2][1], out[2][2], out[2][3]));
+    __stwb(reinterpret_cast<float4*>(R.delta + o1 + 60 - 4 * c), f4(out[3][3], out[3][2], out[3][1], out[3][0]));
     // No barrier before the next chunk's first shared-memory writes (the fold into xf, which holds
     // Y, or W and V): every read of this chunk's Y, W, V and selection state comes before the
     // feedback loop's last barrier, and a chunk with no coefficient (no loop) reads none after the
