@@ -598,7 +598,7 @@ struct QuadT {
 __device__ __forceinline__ uint32_t swz32(uint32_t i, uint32_t j) { return i * 32 + (j ^ ((i & 3) << 3)); }
 
 struct SmemM {
-  float xf[4 * 32 * 32];  // X^{pq}, quadrant-major, swz32; then the feedback's W, V and class bounds
+  float xf[4 * 32 * 32];  // X^{pq}, quadrant-major, swz32
   float y[4 * 32 * 32];   // Y, QuadT slots
   // MmaFrag: fragment f = (par * 4 + s) * 4 + n of lane l = 4g + t holds B_par[8s + 2t][8n + g] and
   // B_par[8s + 2t + 1][8n + g], big halves then small halves (B_par[i][m] = B[i][2m + par]).
@@ -622,6 +622,12 @@ static_assert(kCandCap >= kWarps * 32, "osel holds the per-warp lists of select_
 __device__ __forceinline__ void split_tf32(float x, uint32_t& big, uint32_t& small) {
   big = (__float_as_uint(x) + 0x1000u) & 0xFFFFE000u;
   small = __float_as_uint(__fsub_rn(x, __uint_as_float(big)));
+}
+
+// A plain 16-byte global store: NVVM had split two of the compress's four float4 stores into 4-byte
+// ones, and __stwb compiles to a strong store.
+__device__ __forceinline__ void store_f4(float* p, float4 v) {
+  asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(p), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w));
 }
 
 // d += a b for one 16x8x8 TF32 tile (fragment layouts of the PTX ISA's mma.m16n8k8).
@@ -737,15 +743,33 @@ __device__ __forceinline__ void momentum_mirrors(const CompressLaunch& p, const 
   }
 }
 
+// Adds up to 32 selected coefficients' terms to the feedback sums gq of thread (r, c) (as the
+// folded kernel's feedback loop), in one warp: lane p holds the coefficient index id of the p-th
+// term when mine. The warp walks them one parity class at a time, so the class is a loop constant
+// instead of a branch per term, and each sum gq[q] takes its terms in lane order. The basis comes
+// from bt (bt[f * 32 + i] = B[i][f], i < 32): one broadcast read for w, one float4 for v.
+template <class Layout>
+__device__ __forceinline__ void feedback_warp(uint32_t id, bool mine, const float* Y, Layout lay, const float* bt,
+                                              unsigned r, unsigned c, float (&gq)[4][4]) {
+  const float py = mine ? Y[lay.slot(id)] : 0.0f;
+  const uint32_t pcls = ((id >> 6) & 1u) << 1 | (id & 1u);
+#pragma unroll
+  for (uint32_t q = 0; q < 4; ++q) {
+    for (uint32_t m = __ballot_sync(0xffffffffu, mine && pcls == q); m != 0; m &= m - 1) {
+      const int at = __ffs(m) - 1;
+      const uint32_t sid = __shfl_sync(0xffffffffu, id, at);
+      const float yv = __shfl_sync(0xffffffffu, py, at);
+      const float w = __fmul_rn(bt[(sid >> 6) * 32 + r], yv);
+      fma4(gq[q], w, *reinterpret_cast<const float4*>(&bt[(sid & 63) * 32 + 4 * c]));
+    }
+  }
+}
+
 // The end of a chunk's selection when it has C <= 32 candidates (the usual case for small k), in
 // every warp at once and without a barrier: each warp ranks the candidates itself (rank_few), warp
 // 0 writes the indices, values and count, and every thread adds the selected coefficients' terms
-// to its feedback sums gq (as the folded kernel's feedback loop, thread (r, c)). The warp puts the
-// selected indices in index order in its own list wl (lane p then holds position p's index and
-// coefficient) and walks them one parity class at a time, so the class is a loop constant instead
-// of a branch per term; each sum gq[q] still takes its terms in index order, the same bits as one
-// walk in index order. The basis comes from bt (bt[f * 32 + i] = B[i][f], i < 32): one broadcast
-// read for w, one float4 for v.
+// to its feedback sums gq. The warp puts the selected indices in index order in its own list wl,
+// so lane p holds position p's and feedback_warp sums each class's terms in index order.
 template <class Layout>
 __device__ __forceinline__ void select_in_warps(const CompressLaunch& p, const CompressRun& R, uint32_t ch,
                                                 const float* Y, uint32_t C, const SelectSmem& s, Layout lay,
@@ -775,20 +799,26 @@ __device__ __forceinline__ void select_in_warps(const CompressLaunch& p, const C
   }
   if (sel) wl[pos] = uint16_t(id);
   __syncwarp();
-  const bool mine = lane < keff;
-  const uint32_t pid = mine ? wl[lane] : 0u;
-  const float py = mine ? Y[lay.slot(pid)] : 0.0f;
-  const uint32_t pcls = ((pid >> 6) & 1u) << 1 | (pid & 1u);
   // (The next chunk's selection writes wl only past that chunk's barriers.)
-#pragma unroll
-  for (uint32_t q = 0; q < 4; ++q) {
-    for (uint32_t m = __ballot_sync(0xffffffffu, mine && pcls == q); m != 0; m &= m - 1) {
-      const int at = __ffs(m) - 1;
-      const uint32_t sid = __shfl_sync(0xffffffffu, pid, at);
-      const float yv = __shfl_sync(0xffffffffu, py, at);
-      const float w = __fmul_rn(bt[(sid >> 6) * 32 + r], yv);
-      fma4(gq[q], w, *reinterpret_cast<const float4*>(&bt[(sid & 63) * 32 + 4 * c]));
-    }
+  const bool mine = lane < keff;
+  feedback_warp(mine ? wl[lane] : 0u, mine, Y, lay, bt, r, c, gq);
+}
+
+// The end of a chunk after a block-wide selection of cnt coefficients (more than 32 candidates):
+// their values and count out, then every warp sums the feedback terms itself, 32 at a time in
+// index order (feedback_warp), so each class's sum takes its terms in index order as above.
+template <class Layout>
+__device__ __forceinline__ void values_feedback_warps(const CompressLaunch& p, const CompressRun& R, uint32_t ch,
+                                                      const float* Y, uint16_t* out_idx, uint32_t cnt,
+                                                      SelectSmem& sel, Layout lay, const float* bt, unsigned r,
+                                                      unsigned c, float (&gq)[4][4]) {
+  const uint16_t* sel_idx = selected(sel, out_idx, cnt);
+  emit_values(Y, sel_idx, cnt, p.value_mode, R.value + uint64_t(ch) * p.k, sel, lay);
+  if (threadIdx.x == 0) R.count[ch] = uint16_t(cnt);
+  const unsigned lane = threadIdx.x & 31;
+  for (uint32_t s0 = 0; s0 < cnt; s0 += 32) {
+    const bool mine = s0 + lane < cnt;
+    feedback_warp(mine ? uint32_t(sel_idx[s0 + lane]) : 0u, mine, Y, lay, bt, r, c, gq);
   }
 }
 
@@ -1008,9 +1038,8 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
       if (C <= 32) {
         select_in_warps(p, R, ch, Y, C, sm.sel, QuadT{}, sm.bt, sm.sel.osel + 32 * (tid >> 5), r, c, gq);
       } else {
-        // W and V go where X^{pq} was (Y is elsewhere in this kernel).
         const uint32_t cnt = rank_candidates(Y, 64 * 64, p.k, C, sm.sel, out_idx, QuadT{});
-        values_feedback_block(p, R, ch, Y, out_idx, cnt, sm.sel, QuadT{}, sm.xf, r, c, gq);
+        values_feedback_warps(p, R, ch, Y, out_idx, cnt, sm.sel, QuadT{}, sm.bt, r, c, gq);
       }
     } else {
       const uint32_t cnt = transform_select_ffma(sm, p.k, out_idx);
@@ -1028,16 +1057,16 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
       out[2][d] = __fsub_rn(x[2][d], __fadd_rn(e, f));
       out[3][d] = __fsub_rn(x[3][d], __fsub_rn(e, f));
     }
-    // __stwb: a plain store, but one 16-byte one (NVVM had split two of these into four each).
-    __stwb(reinterpret_cast<float4*>(R.delta + o0 + 4 * c), f4(out[0][0], out[0][1], out[0][2], out[0][3]));
-    __stwb(reinterpret_cast<float4*>(R.delta + o0 + 60 - 4 * c), f4(out[1][3], out[1][2], out[1][1], out[1][0]));
-    __stwb(reinterpret_cast<float4*>(R.delta + o1 + 4 * c), f4(out[2][0], out[2][1], out[2][2], out[2][3]));
-    __stwb(reinterpret_cast<float4*>(R.delta + o1 + 60 - 4 * c), f4(out[3][3], out[3][2], out[3][1], out[3][0]));
-    // No barrier before the next chunk's first shared-memory writes (the fold into xf, which holds
-    // Y, or W and V): every read of this chunk's Y, W, V and selection state comes before the
+    store_f4(R.delta + o0 + 4 * c, f4(out[0][0], out[0][1], out[0][2], out[0][3]));
+    store_f4(R.delta + o0 + 60 - 4 * c, f4(out[1][3], out[1][2], out[1][1], out[1][0]));
+    store_f4(R.delta + o1 + 4 * c, f4(out[2][0], out[2][1], out[2][2], out[2][3]));
+    store_f4(R.delta + o1 + 60 - 4 * c, f4(out[3][3], out[3][2], out[3][1], out[3][0]));
+    // No barrier before the next chunk's first shared-memory writes (the fold into xf). The float32
+    // kernel's xf holds Y, W and V: every read of them and of the selection state comes before the
     // feedback loop's last barrier, and a chunk with no coefficient (no loop) reads none after the
-    // selection's; after select_in_warps, the next chunk writes them only past its fold's barrier,
-    // which every thread reaches after its last read of them.
+    // selection's. The tensor-core kernel keeps Y apart and its feedback reads only Y, bt and the
+    // selection state, which the next chunk writes only past its fold's barrier, which every
+    // thread reaches after its last read of them.
   }
 }
 
