@@ -723,24 +723,35 @@ __device__ __forceinline__ void transform_mma(const float* xf, const float4* fra
 }
 
 // The momentum of the 16 elements thread (r, c) of the folded kernel owns: x[g][d] for
-// g = (r, j), (r, 63 - j), (63 - r, j), (63 - r, 63 - j), j = 4c + d (o0, o1: rows r and 63 - r).
-__device__ __forceinline__ void momentum_mirrors(const CompressLaunch& p, const CompressRun& R, uint64_t o0,
-                                                 uint64_t o1, unsigned c, float (&x)[4][4]) {
-  const float4 g0 = __ldg(reinterpret_cast<const float4*>(R.grad + o0 + 4 * c));
-  const float4 g1 = __ldg(reinterpret_cast<const float4*>(R.grad + o0 + 60 - 4 * c));
-  const float4 g2 = __ldg(reinterpret_cast<const float4*>(R.grad + o1 + 4 * c));
-  const float4 g3 = __ldg(reinterpret_cast<const float4*>(R.grad + o1 + 60 - 4 * c));
-  const float4 d0 = *reinterpret_cast<const float4*>(R.delta + o0 + 4 * c);
-  const float4 d1 = *reinterpret_cast<const float4*>(R.delta + o0 + 60 - 4 * c);
-  const float4 d2 = *reinterpret_cast<const float4*>(R.delta + o1 + 4 * c);
-  const float4 d3 = *reinterpret_cast<const float4*>(R.delta + o1 + 60 - 4 * c);
+// g = (r, j), (r, 63 - j), (63 - r, j), (63 - r, 63 - j), j = 4c + d (o0, o1: rows r and 63 - r);
+// in two halves, loads and arithmetic, so that other work can go between them.
+struct MirrorsIn {
+  float4 g[4], d[4];
+};
+__device__ __forceinline__ void load_mirrors(const CompressRun& R, uint64_t o0, uint64_t o1, unsigned c, MirrorsIn& in) {
+  in.g[0] = __ldg(reinterpret_cast<const float4*>(R.grad + o0 + 4 * c));
+  in.g[1] = __ldg(reinterpret_cast<const float4*>(R.grad + o0 + 60 - 4 * c));
+  in.g[2] = __ldg(reinterpret_cast<const float4*>(R.grad + o1 + 4 * c));
+  in.g[3] = __ldg(reinterpret_cast<const float4*>(R.grad + o1 + 60 - 4 * c));
+  in.d[0] = *reinterpret_cast<const float4*>(R.delta + o0 + 4 * c);
+  in.d[1] = *reinterpret_cast<const float4*>(R.delta + o0 + 60 - 4 * c);
+  in.d[2] = *reinterpret_cast<const float4*>(R.delta + o1 + 4 * c);
+  in.d[3] = *reinterpret_cast<const float4*>(R.delta + o1 + 60 - 4 * c);
+}
+__device__ __forceinline__ void mirrors_momentum(const CompressLaunch& p, const MirrorsIn& in, float (&x)[4][4]) {
 #pragma unroll
   for (int d = 0; d < 4; ++d) {
-    x[0][d] = momentum(p.beta, comp(d0, d), p.lr, comp(g0, d));
-    x[1][d] = momentum(p.beta, comp(d1, 3 - d), p.lr, comp(g1, 3 - d));
-    x[2][d] = momentum(p.beta, comp(d2, d), p.lr, comp(g2, d));
-    x[3][d] = momentum(p.beta, comp(d3, 3 - d), p.lr, comp(g3, 3 - d));
+    x[0][d] = momentum(p.beta, comp(in.d[0], d), p.lr, comp(in.g[0], d));
+    x[1][d] = momentum(p.beta, comp(in.d[1], 3 - d), p.lr, comp(in.g[1], 3 - d));
+    x[2][d] = momentum(p.beta, comp(in.d[2], d), p.lr, comp(in.g[2], d));
+    x[3][d] = momentum(p.beta, comp(in.d[3], 3 - d), p.lr, comp(in.g[3], 3 - d));
   }
+}
+__device__ __forceinline__ void momentum_mirrors(const CompressLaunch& p, const CompressRun& R, uint64_t o0,
+                                                 uint64_t o1, unsigned c, float (&x)[4][4]) {
+  MirrorsIn in;
+  load_mirrors(R, o0, o1, c, in);
+  mirrors_momentum(p, in, x);
 }
 
 // Adds up to 32 selected coefficients' terms to the feedback sums gq of thread (r, c) (as the
@@ -963,15 +974,16 @@ __global__ void __launch_bounds__(kThreads, KeepX ? 3 : 4) compress64f_kernel(co
     const uint64_t cols = R.at.cols, origin = chunk_origin(R.at, 64, 64, ch);
     const uint64_t o0 = origin + uint64_t(r) * cols, o1 = origin + uint64_t(63 - r) * cols;
 
-    // The next chunk's gradient and momentum are fetched into L2 while this one is computed.
+    // 1. Momentum, folded into the four quadrants. While this chunk's inputs are on their way, the
+    // next chunk's are hinted into L2, to be there when it starts.
+    MirrorsIn in;
+    load_mirrors(R, o0, o1, c, in);
     if (g + gridDim.x < p.chunks) {
       const CompressRun& N = p.run[run_of(p.run, p.runs, g + gridDim.x, t)];
       prefetch_chunk64_l2(N.grad, N.delta, chunk_origin(N.at, 64, 64, uint32_t(g + gridDim.x - N.at.begin)), N.at.cols);
     }
-
-    // 1. Momentum, folded into the four quadrants.
     float x[4][4];
-    momentum_mirrors(p, R, o0, o1, c, x);
+    mirrors_momentum(p, in, x);
     {
       float q00[4], q01[4], q10[4], q11[4];
 #pragma unroll
