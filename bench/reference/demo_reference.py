@@ -10,20 +10,28 @@ libdistro's CUDA optimizer (bench/gpu/gpu_optimizer_bench.cpp). Per tensor, in p
     C = block DCT of delta                         (basis-matrix einsum, chunk 64 by the divisor rule)
     idx = top-k of |C| per chunk (unsorted), val = C[idx]
     delta -= block IDCT(scatter_mean(idx, val))    (error feedback)
-    all-gather (world size 1: our own idx, val), U = block IDCT(scatter_mean(all idx, all val))
+    all-gather of idx and val                      (torch.distributed, NCCL, world size 1: two
+                                                    async all_gather calls into fresh lists, then wait)
+    U = block IDCT(scatter_mean(all idx, all val))
     grad = sign(U); SGD step p -= lr * grad        (torch.optim.SGD, momentum 0, foreach=False)
+
+Left out of the published code: einops' rearrange is written as the reshape it computes, the basis
+matrices' per-call .to(device) (a no-op) and the per-tensor step counter. `--gather clone` replaces
+the collective by a clone of this peer's own tensors (what this script did before the eighth
+session); by default both are timed, the collective first, so the two can be compared in one run.
 
 Also timed: torch.optim.AdamW(fused=True) on the same parameters, and a device-to-device copy
 (bytes read + written per second). Medians of CUDA-event timings after warm-up; fresh random
 gradients (never zeros), restored outside the timed region before each step.
 
-Usage: python3 demo_reference.py [--topk 4,32] [--reps 5] [--warmup 2] [--json FILE]
+Usage: python3 demo_reference.py [--topk 4,32] [--gather nccl,clone] [--reps 5] [--warmup 2] [--json FILE]
 """
 import argparse
 import json
 import math
 
 import torch
+import torch.distributed as dist
 
 
 def llama_shapes(layers=16, d=2048, ffn=8192, vocab=32000):
@@ -58,8 +66,9 @@ def dct_basis(n, device, dtype):
 
 
 class DeMoReference:
-    def __init__(self, params, lr, topk=32, chunk=64, beta=0.999, weight_decay=0.0):
+    def __init__(self, params, lr, topk=32, chunk=64, beta=0.999, weight_decay=0.0, gather="nccl"):
         self.params = list(params)
+        self.gather = gather
         self.lr, self.topk, self.chunk, self.beta, self.wd = lr, topk, chunk, beta, weight_decay
         self.delta = [torch.zeros_like(p) for p in self.params]
         self.fwd, self.inv = {}, {}  # basis per edge: forward B, inverse B^T (DeMo's _dct(I), _idct(I))
@@ -96,6 +105,20 @@ class DeMoReference:
         flat.scatter_reduce_(-1, idx, val, reduce="mean", include_self=False)
         return flat.reshape(shape)
 
+    def all_gather(self, idx, val):
+        """Every rank's idx and val, as the published class gathers them: one fresh list entry per rank,
+        both collectives in flight, then wait. At world size 1 with `gather="clone"`: copies of our own."""
+        if self.gather == "clone":
+            return [idx.clone()], [val.clone()]
+        n = dist.get_world_size()
+        all_idx = [torch.zeros_like(idx) for _ in range(n)]
+        all_val = [torch.zeros_like(val) for _ in range(n)]
+        h_idx = dist.all_gather(all_idx, idx, async_op=True)
+        h_val = dist.all_gather(all_val, val, async_op=True)
+        h_idx.wait()
+        h_val.wait()
+        return all_idx, all_val
+
     @torch.no_grad()
     def step(self):
         self.bytes_sent = 0
@@ -111,8 +134,7 @@ class DeMoReference:
             idx = torch.topk(flat.abs(), k=k, dim=-1, largest=True, sorted=False).indices
             val = torch.gather(flat, -1, idx)
             delta.sub_(self.decode(self.scatter_mean(shape, idx, val, p)))
-            # All-gather at world size 1: the gathered lists hold this peer's own tensors.
-            gathered_idx, gathered_val = [idx.clone()], [val.clone()]
+            gathered_idx, gathered_val = self.all_gather(idx, val)
             self.bytes_sent += idx.nbytes + val.nbytes
             u = self.decode(self.scatter_mean(shape, torch.cat(gathered_idx, -1), torch.cat(gathered_val, -1), p))
             p.grad.copy_(u)
@@ -152,8 +174,14 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--layers", type=int, default=16)
+    ap.add_argument("--gather", default="nccl,clone",
+                    help="all-gather variants to time: nccl (torch.distributed, as published), clone")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
+    gathers = args.gather.split(",")
+    for g in gathers:
+        if g not in ("nccl", "clone"):
+            ap.error(f"--gather: unknown variant '{g}' (expected nccl or clone)")
     torch.manual_seed(0)
     dev = torch.device("cuda")
     shapes = llama_shapes(layers=args.layers)
@@ -187,15 +215,22 @@ def main():
             else:
                 p.grad.copy_(g)
 
-    out["demo"] = []
+    if "nccl" in gathers:
+        # One process, one rank: the published step's collectives run through NCCL as in a real job;
+        # the in-process store needs no address or port.
+        dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1,
+                                device_id=torch.device("cuda", torch.cuda.current_device()))
+    for g in gathers:
+        out["demo" if g == "nccl" else "demo_" + g] = []
     for k in [int(x) for x in args.topk.split(",")]:
-        opt = DeMoReference(params, lr=4e-4, topk=k)
-        t = timed(opt.step, args.reps, args.warmup, before=restore)
-        print(f"DeMo reference, fp32, chunk 64, k={k}: {t * 1e3:.1f} ms per step; payload "
-              f"{opt.bytes_sent / 1e6:.1f} MB (int64 indices + fp32 values)", flush=True)
-        out["demo"].append({"k": k, "step_s": t, "payload_bytes": opt.bytes_sent})
-        del opt
-        torch.cuda.empty_cache()
+        for g in gathers:
+            opt = DeMoReference(params, lr=4e-4, topk=k, gather=g)
+            t = timed(opt.step, args.reps, args.warmup, before=restore)
+            print(f"DeMo reference, fp32, chunk 64, k={k}, all-gather {g}: {t * 1e3:.1f} ms per step; payload "
+                  f"{opt.bytes_sent / 1e6:.1f} MB (int64 indices + fp32 values)", flush=True)
+            out["demo" if g == "nccl" else "demo_" + g].append({"k": k, "step_s": t, "payload_bytes": opt.bytes_sent})
+            del opt
+            torch.cuda.empty_cache()
 
     adamw = torch.optim.AdamW(params, lr=4e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
     t = timed(adamw.step, args.reps, args.warmup, before=restore)
@@ -204,6 +239,8 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
