@@ -115,8 +115,8 @@ struct SelectSmem {
   uint8_t csel[kCandCap];
   uint32_t wtot[kWarps];
   uint32_t word[8];
-  // The selected indices too, when at most kCandCap (selected() below); in the tensor-core kernel's
-  // per-warp path (no osel there), warp w's list of 32 (select_in_warps).
+  // The selected indices too, when at most kCandCap (selected() below); the tensor-core kernel's
+  // per-warp path (select_in_warps) uses it instead as one list of 32 per warp.
   uint16_t osel[kCandCap];
 };
 

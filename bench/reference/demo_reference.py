@@ -220,15 +220,16 @@ def main():
         # the in-process store needs no address or port.
         dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1,
                                 device_id=torch.device("cuda", torch.cuda.current_device()))
+    key = {"nccl": "demo", "clone": "demo_clone"}  # the JSON names bench/gpu/table.py reads
     for g in gathers:
-        out["demo" if g == "nccl" else "demo_" + g] = []
+        out[key[g]] = []
     for k in [int(x) for x in args.topk.split(",")]:
         for g in gathers:
             opt = DeMoReference(params, lr=4e-4, topk=k, gather=g)
             t = timed(opt.step, args.reps, args.warmup, before=restore)
             print(f"DeMo reference, fp32, chunk 64, k={k}, all-gather {g}: {t * 1e3:.1f} ms per step; payload "
                   f"{opt.bytes_sent / 1e6:.1f} MB (int64 indices + fp32 values)", flush=True)
-            out["demo" if g == "nccl" else "demo_" + g].append({"k": k, "step_s": t, "payload_bytes": opt.bytes_sent})
+            out[key[g]].append({"k": k, "step_s": t, "payload_bytes": opt.bytes_sent})
             del opt
             torch.cuda.empty_cache()
 
